@@ -1,0 +1,72 @@
+"""The KServe v2 gRPC service of an inference pod, over the DataPlane."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+
+from inference.dataplane import DataPlane
+from inference.grpc.codec import decode_request, encode_response
+from inference.protocol.errors import InternalError, TenfoldError
+from protos.kserve.v2 import grpc_service_pb2 as pb
+
+log = logging.getLogger("tenfold.inference.grpc")
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: Exception):
+    if not isinstance(exc, TenfoldError):
+        log.error("unhandled error in gRPC handler", exc_info=exc)
+        exc = InternalError()
+    await context.abort(exc.grpc_code, exc.message)
+
+
+class InferenceServicer:
+    """Method names match the service; see inference.protocol.kserve_grpc."""
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self._dp = dataplane
+
+    async def ServerLive(self, request, context):
+        return pb.ServerLiveResponse(live=self._dp.live())
+
+    async def ServerReady(self, request, context):
+        return pb.ServerReadyResponse(ready=self._dp.ready())
+
+    async def ModelReady(self, request, context):
+        try:
+            return pb.ModelReadyResponse(ready=self._dp.model_ready(request.name, request.version))
+        except Exception as exc:
+            await _abort(context, exc)
+
+    async def ServerMetadata(self, request, context):
+        return pb.ServerMetadataResponse(**self._dp.server_metadata())
+
+    async def ModelMetadata(self, request, context):
+        try:
+            meta = self._dp.model_metadata(request.name, request.version)
+        except Exception as exc:
+            await _abort(context, exc)
+        response = pb.ModelMetadataResponse(
+            name=meta["name"], versions=meta["versions"], platform=meta["platform"]
+        )
+        for entry in meta["inputs"]:
+            response.inputs.add(**entry)
+        for entry in meta["outputs"]:
+            response.outputs.add(**entry)
+        return response
+
+    async def ModelConfig(self, request, context):
+        try:
+            return pb.ModelConfigResponse(
+                config=self._dp.model_config(request.name, request.version)
+            )
+        except Exception as exc:
+            await _abort(context, exc)
+
+    async def ModelInfer(self, request, context):
+        try:
+            response = await self._dp.infer(decode_request(request))
+        except Exception as exc:
+            await _abort(context, exc)
+        return encode_response(response)

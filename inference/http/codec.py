@@ -1,0 +1,203 @@
+"""KServe v2 JSON tensors and the binary tensor data extension <-> protocol types."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+
+from inference.protocol.datatypes import (
+    array_from_raw,
+    array_to_raw,
+    element_count,
+    numpy_dtype,
+)
+from inference.protocol.errors import InvalidInput
+from inference.protocol.tensors import InferRequest, InferResponse, RequestedOutput, Tensor
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+#: numpy kinds a JSON array may hold for each target kind (bool, ints, floats)
+_ACCEPTED_KINDS = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
+
+
+def _shape(name: str, value: Any) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value
+    ):
+        raise InvalidInput(f"input '{name}': 'shape' must be a list of non-negative integers")
+    return tuple(value)
+
+
+def _json_array(name: str, datatype: str, data: Any, shape: tuple[int, ...]) -> np.ndarray:
+    count = element_count(shape)
+    if not isinstance(data, list):
+        data = [data]
+    if datatype == "BYTES":
+        flat = _flatten(name, data)
+        if any(not isinstance(x, str) for x in flat):
+            raise InvalidInput(f"input '{name}': BYTES data must be strings")
+        if len(flat) != count:
+            raise InvalidInput(
+                f"input '{name}': shape {list(shape)} needs {count} elements, got {len(flat)}"
+            )
+        out = np.empty(count, dtype=np.object_)
+        out[:] = [x.encode("utf-8") for x in flat]
+        return out.reshape(shape)
+    dtype = numpy_dtype(datatype)
+    try:
+        raw = np.asarray(data)
+    except ValueError:
+        raise InvalidInput(f"input '{name}': 'data' is a ragged nested list") from None
+    if raw.size != count:
+        raise InvalidInput(
+            f"input '{name}': shape {list(shape)} needs {count} elements, got {raw.size}"
+        )
+    if raw.size and raw.dtype.kind not in _ACCEPTED_KINDS[dtype.kind]:
+        raise InvalidInput(f"input '{name}': 'data' holds values that are not {datatype}")
+    try:
+        return raw.astype(dtype).reshape(shape)
+    except (ValueError, OverflowError) as exc:
+        raise InvalidInput(f"input '{name}': {exc}") from None
+
+
+def _flatten(name: str, data: list) -> list:
+    out: list = []
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            out.append(item)
+        else:
+            stack.pop()
+    return out
+
+
+def _parameters(value: Any, where: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{where}: 'parameters' must be an object")
+    return value
+
+
+def decode_request(
+    model: str, version: str, body: bytes, header_length: int | None
+) -> InferRequest:
+    if header_length is None:
+        header, binary = body, memoryview(b"")
+    else:
+        if header_length < 0 or header_length > len(body):
+            raise InvalidInput(
+                f"{HEADER_LENGTH} is {header_length} but the body has {len(body)} bytes"
+            )
+        header, binary = body[:header_length], memoryview(body)[header_length:]
+    try:
+        doc = orjson.loads(header)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"malformed JSON in the request body: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InvalidInput("the request body must be a JSON object")
+    raw_inputs = doc.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise InvalidInput("'inputs' must be a non-empty list")
+    offset = 0
+    inputs = []
+    for index, item in enumerate(raw_inputs):
+        if not isinstance(item, dict):
+            raise InvalidInput(f"inputs[{index}] must be an object")
+        name = item.get("name")
+        if not isinstance(name, str) or not name:
+            raise InvalidInput(f"inputs[{index}] has no 'name'")
+        datatype = item.get("datatype")
+        if not isinstance(datatype, str):
+            raise InvalidInput(f"input '{name}' has no 'datatype'")
+        numpy_dtype(datatype)  # unknown datatypes fail here with a clear message
+        shape = _shape(name, item.get("shape"))
+        params = _parameters(item.get("parameters"), f"input '{name}'")
+        size = params.get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise InvalidInput(f"input '{name}': binary_data_size must be a byte count")
+            if offset + size > len(binary):
+                raise InvalidInput(
+                    f"input '{name}': binary data is truncated (needs {size} bytes at offset "
+                    f"{offset}, body has {len(binary)})"
+                )
+            data = array_from_raw(binary[offset : offset + size], datatype, shape, name)
+            offset += size
+        elif "data" in item:
+            data = _json_array(name, datatype, item["data"], shape)
+        else:
+            raise InvalidInput(f"input '{name}' has neither 'data' nor binary_data_size")
+        inputs.append(Tensor(name, datatype, shape, data))
+    if offset != len(binary):
+        raise InvalidInput(f"{len(binary) - offset} bytes of binary data follow the inputs unused")
+    outputs = []
+    for index, item in enumerate(doc.get("outputs") or []):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise InvalidInput(f"outputs[{index}] must be an object with a 'name'")
+        params = _parameters(item.get("parameters"), f"output '{item['name']}'")
+        binary_flag = params.get("binary_data")
+        outputs.append(
+            RequestedOutput(item["name"], None if binary_flag is None else bool(binary_flag))
+        )
+    request_id = doc.get("id", "")
+    return InferRequest(
+        model_name=model,
+        model_version=version,
+        inputs=tuple(inputs),
+        outputs=tuple(outputs),
+        id=request_id if isinstance(request_id, str) else str(request_id),
+        parameters=_parameters(doc.get("parameters"), "request"),
+    )
+
+
+def _json_data(tensor: Tensor):
+    if tensor.datatype == "BYTES":
+        return [
+            x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x)
+            for x in tensor.data.reshape(-1)
+        ]
+    return np.ascontiguousarray(tensor.data.reshape(-1))
+
+
+def encode_response(request: InferRequest, response: InferResponse) -> tuple[bytes, dict[str, str]]:
+    """The response body and its headers (binary extension where asked for)."""
+    default_binary = bool(request.parameters.get("binary_data_output", False))
+    asked = {o.name: o.binary for o in request.outputs}
+    outputs = []
+    chunks: list[bytes] = []
+    for tensor in response.outputs:
+        binary = asked.get(tensor.name)
+        if binary is None:
+            binary = default_binary
+        entry: dict[str, Any] = {
+            "name": tensor.name,
+            "datatype": tensor.datatype,
+            "shape": list(tensor.shape),
+        }
+        if binary:
+            raw = array_to_raw(tensor.data, tensor.datatype)
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            entry["data"] = _json_data(tensor)
+        outputs.append(entry)
+    doc: dict[str, Any] = {
+        "model_name": response.model_name,
+        "model_version": response.model_version,
+        "outputs": outputs,
+    }
+    if response.id:
+        doc["id"] = response.id
+    header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not chunks:
+        return header, {"Content-Type": "application/json"}
+    return b"".join([header, *chunks]), {
+        "Content-Type": "application/octet-stream",
+        HEADER_LENGTH: str(len(header)),
+    }

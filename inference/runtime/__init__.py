@@ -1,0 +1,1 @@
+"""Model execution: ONNX Runtime sessions and the dynamic batcher."""

@@ -1,0 +1,243 @@
+"""The dynamic batcher: one per model version.
+
+Requests queue here; whenever a model instance is free, the scheduler forms a batch:
+it takes queued requests in order (only ones whose non-batch shapes match the head's)
+up to ``max_batch_size`` rows, waiting at most ``max_queue_delay`` after the head
+arrived for more rows. With preferred batch sizes it dispatches as soon as the largest
+preferred size is reached. Requests carrying several rows count as several rows.
+
+The queue is bounded (``max_queue_size`` requests) and each request may have a queue
+timeout: excess and expired requests fail at once with ``Overloaded``. A caller that
+goes away (cancelled) is skipped. Nothing waits forever: on ``stop`` every queued
+request fails with ``ServerUnavailable``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from inference.protocol.errors import Overloaded, ServerUnavailable
+from inference.repository.spec import BatchingPolicy
+from inference.runtime.onnx_model import BatchResult
+
+
+class BatchObserver(Protocol):
+    def queued(self, depth: int) -> None: ...
+    def dispatched(self, rows: int, queue_times_s: Sequence[float]) -> None: ...
+    def computed(self, compute_s: float) -> None: ...
+
+
+class _NullObserver:
+    def queued(self, depth: int) -> None:
+        pass
+
+    def dispatched(self, rows: int, queue_times_s: Sequence[float]) -> None:
+        pass
+
+    def computed(self, compute_s: float) -> None:
+        pass
+
+
+Execute = Callable[[Sequence[dict[str, np.ndarray]], Sequence[int]], Awaitable[BatchResult]]
+
+
+@dataclass(slots=True, eq=False)
+class _Pending:
+    inputs: dict[str, np.ndarray]
+    rows: int
+    signature: tuple
+    future: asyncio.Future
+    enqueued: float
+    timer: asyncio.TimerHandle | None = field(default=None)
+
+    def alive(self) -> bool:
+        return not self.future.done()
+
+
+class DynamicBatcher:
+    def __init__(
+        self,
+        *,
+        execute: Execute,
+        instances: int,
+        max_batch_size: int,
+        policy: BatchingPolicy | None,
+        queue_cap: int = 0,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        """``policy`` None: no dynamic batching, each request runs as its own batch.
+        ``queue_cap`` > 0 bounds the queue when the config sets no max_queue_size."""
+        self._execute = execute
+        self._slots = asyncio.Semaphore(max(1, instances))
+        self._merge = policy is not None and max_batch_size > 0
+        self._max_rows = max(1, max_batch_size)
+        self._policy = policy or BatchingPolicy()
+        self._max_queue = self._policy.max_queue_size or queue_cap
+        self._preferred_top = max(self._policy.preferred_batch_sizes, default=0)
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._arrival = asyncio.Event()
+        self._observer = observer or _NullObserver()
+        self._scheduler: asyncio.Task | None = None
+        self._running: set[asyncio.Task] = set()
+        self._loop = asyncio.get_running_loop()
+
+    # -- lifecycle -------------------------------------------------------------------
+    def start(self) -> None:
+        if self._scheduler is None:
+            self._scheduler = asyncio.create_task(self._schedule(), name="batcher")
+
+    async def stop(self) -> None:
+        """Stop scheduling; fail what is still queued; wait for running batches."""
+        if self._scheduler is not None:
+            self._scheduler.cancel()
+            await asyncio.gather(self._scheduler, return_exceptions=True)
+            self._scheduler = None
+        while self._queue:
+            self._fail(self._queue.popleft(), ServerUnavailable("server is shutting down"))
+        self._observer.queued(0)
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    # -- submit ----------------------------------------------------------------------
+    async def submit(
+        self, inputs: dict[str, np.ndarray], rows: int, timeout_s: float | None = None
+    ) -> dict[str, np.ndarray]:
+        """Queue one request of ``rows`` rows; return its own output rows.
+
+        ``timeout_s`` overrides the policy's default queue timeout when the policy
+        allows it."""
+        if self._scheduler is None:
+            raise ServerUnavailable("model is not serving")
+        if self._max_queue and len(self._queue) >= self._max_queue:
+            raise Overloaded(f"queue is full ({self._max_queue} requests waiting); retry later")
+        policy = self._policy
+        if timeout_s is None or not policy.allow_timeout_override:
+            timeout_s = policy.default_timeout_s
+        signature = tuple((k, v.shape[1:] if self._merge else v.shape) for k, v in inputs.items())
+        pending = _Pending(inputs, rows, signature, self._loop.create_future(), self._loop.time())
+        if timeout_s > 0 and policy.timeout_action == "REJECT":
+            pending.timer = self._loop.call_later(timeout_s, self._expire, pending, timeout_s)
+        self._queue.append(pending)
+        self._observer.queued(len(self._queue))
+        self._arrival.set()
+        try:
+            return await pending.future
+        finally:
+            if pending.timer is not None:
+                pending.timer.cancel()
+
+    def _expire(self, pending: _Pending, timeout_s: float) -> None:
+        if pending.alive():
+            self._fail(
+                pending,
+                Overloaded(f"request waited {timeout_s * 1000:.0f} ms in the queue and timed out"),
+            )
+            self._discard_dead()
+
+    @staticmethod
+    def _fail(pending: _Pending, exc: Exception) -> None:
+        if pending.alive():
+            pending.future.set_exception(exc)
+
+    def _discard_dead(self) -> None:
+        if any(not p.alive() for p in self._queue):
+            self._queue = collections.deque(p for p in self._queue if p.alive())
+            self._observer.queued(len(self._queue))
+
+    # -- scheduling ------------------------------------------------------------------
+    async def _schedule(self) -> None:
+        while True:
+            await self._slots.acquire()
+            try:
+                batch = await self._next_batch()
+            except BaseException:
+                self._slots.release()
+                raise
+            task = asyncio.create_task(self._run(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _wait_arrival(self, within_s: float | None) -> None:
+        self._arrival.clear()
+        if within_s is None:
+            await self._arrival.wait()
+            return
+        try:
+            await asyncio.wait_for(self._arrival.wait(), within_s)
+        except TimeoutError:
+            pass
+
+    async def _next_batch(self) -> list[_Pending]:
+        while True:
+            self._discard_dead()
+            if not self._queue:
+                await self._wait_arrival(None)
+                continue
+            head = self._queue[0]
+            if not self._merge:
+                return self._take(head, self._max_rows)
+            rows = self._compatible_rows(head)
+            if rows >= self._max_rows:
+                return self._take(head, self._max_rows)
+            if self._preferred_top and rows >= self._preferred_top:
+                return self._take(head, self._preferred_top)
+            remaining = head.enqueued + self._policy.max_queue_delay_s - self._loop.time()
+            if remaining <= 0:
+                return self._take(head, self._max_rows)
+            await self._wait_arrival(remaining)
+
+    def _compatible_rows(self, head: _Pending) -> int:
+        return sum(p.rows for p in self._queue if p.alive() and p.signature == head.signature)
+
+    def _take(self, head: _Pending, limit: int) -> list[_Pending]:
+        """Take requests in order, compatible with ``head``, up to ``limit`` rows."""
+        taken: list[_Pending] = []
+        kept: collections.deque[_Pending] = collections.deque()
+        total = 0
+        full = False
+        for pending in self._queue:
+            if not pending.alive():
+                continue
+            if full or pending.signature != head.signature:
+                kept.append(pending)
+                continue
+            if total + pending.rows > limit and taken:
+                full = True
+                kept.append(pending)
+                continue
+            taken.append(pending)
+            total += pending.rows
+            if not self._merge:
+                full = True
+        self._queue = kept
+        self._observer.queued(len(kept))
+        now = self._loop.time()
+        for pending in taken:
+            if pending.timer is not None:
+                pending.timer.cancel()
+        self._observer.dispatched(total, [now - p.enqueued for p in taken])
+        return taken
+
+    async def _run(self, batch: list[_Pending]) -> None:
+        try:
+            result = await self._execute([p.inputs for p in batch], [p.rows for p in batch])
+        except Exception as exc:  # model failure: every caller in the batch learns of it
+            for pending in batch:
+                self._fail(pending, exc)
+        else:
+            self._observer.computed(result.compute_s)
+            for pending, outputs in zip(batch, result.outputs, strict=True):
+                if pending.alive():
+                    pending.future.set_result(outputs)
+        finally:
+            self._slots.release()

@@ -1,0 +1,18 @@
+"""The ``tenfold`` command. Each package adds its own sub-command group."""
+
+from __future__ import annotations
+
+import typer
+
+from inference.cli import app as inference_app
+
+app = typer.Typer(
+    help="tenfold: high-concurrency model serving.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(inference_app, name="inference")
+
+
+def main() -> None:
+    app()
