@@ -177,12 +177,20 @@ class DataPlane:
         return index
 
     # -- inference ---------------------------------------------------------------------
-    async def infer(self, request: InferRequest) -> InferResponse:
+    def servable(self, name: str, version: str = "") -> ServedVersion:
+        """The version that would serve an inference now, or the error saying why not.
+
+        Adapters call it before decoding a body, so a client learns of an unknown or
+        unavailable model before any complaint about its tensors."""
         if self._draining:
             raise ServerUnavailable("server is shutting down; send the request elsewhere")
-        served = self.resolve(request.model_name, request.model_version)
+        served = self.resolve(name, version)
         if not served.ready:
             raise ModelNotReady(f"model '{served.spec.name}' is still loading")
+        return served
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        served = self.servable(request.model_name, request.model_version)
         start = time.perf_counter()
         self._in_flight += 1
         self._idle.clear()

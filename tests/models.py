@@ -29,7 +29,8 @@ def multi_io() -> onnx.ModelProto:
         helper.make_node("Identity", ["tag"], ["tag_out"]),
     ]
     graph = helper.make_graph(
-        nodes, "multi_io",
+        nodes,
+        "multi_io",
         [
             helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 4]),
             helper.make_tensor_value_info("ids", TensorProto.INT64, ["b", 3]),
@@ -49,7 +50,8 @@ def scale(factor: float) -> onnx.ModelProto:
     """x FP32[b,2] -> y = factor * x (versions differ by factor)."""
     k = numpy_helper.from_array(np.array(factor, dtype=np.float32), "k")
     graph = helper.make_graph(
-        [helper.make_node("Mul", ["x", "k"], ["y"])], "scale",
+        [helper.make_node("Mul", ["x", "k"], ["y"])],
+        "scale",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 2])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 2])],
         [k],
@@ -68,7 +70,8 @@ def heavy(width: int = 1024, layers: int = 12) -> onnx.ModelProto:
         nodes.append(helper.make_node("MatMul", [current, f"w{i}"], [out]))
         current = out
     graph = helper.make_graph(
-        nodes, "heavy",
+        nodes,
+        "heavy",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", width])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", width])],
         inits,
@@ -112,8 +115,9 @@ output [ { name: "y" data_type: TYPE_FP32 dims: [ 2 ] } ]
 """
 
 
-def write_model(repo: Path, name: str, model: onnx.ModelProto, config: str | None,
-                version: int = 1) -> Path:
+def write_model(
+    repo: Path, name: str, model: onnx.ModelProto, config: str | None, version: int = 1
+) -> Path:
     if config is not None:
         (repo / name).mkdir(parents=True, exist_ok=True)
         (repo / name / "config.pbtxt").write_text(config)

@@ -72,14 +72,31 @@ def _pump(stream, lines: queue.Queue) -> None:
     lines.put(None)
 
 
-def start_pod(repo: Path, *args: str, env: dict[str, str] | None = None,
-              wait_ready: bool = True) -> Pod:
-    cmd = [sys.executable, "-m", "tenfold", "inference", "serve", "--model-repository", str(repo),
-           "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0",
-           "--intra-op-threads", "1", *args]
+def start_pod(
+    repo: Path, *args: str, env: dict[str, str] | None = None, wait_ready: bool = True
+) -> Pod:
+    cmd = [
+        sys.executable,
+        "-m",
+        "tenfold",
+        "inference",
+        "serve",
+        "--model-repository",
+        str(repo),
+        "--http-port",
+        "0",
+        "--grpc-port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--intra-op-threads",
+        "1",
+        *args,
+    ]
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=full_env)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full_env
+    )
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
     pod = Pod(proc, lines)

@@ -66,6 +66,7 @@ class InferenceServicer:
 
     async def ModelInfer(self, request, context):
         try:
+            self._dp.servable(request.model_name, request.model_version)
             response = await self._dp.infer(decode_request(request))
         except Exception as exc:
             await _abort(context, exc)

@@ -94,6 +94,7 @@ def _header_length(request: web.Request) -> int | None:
 
 
 async def infer(request: web.Request) -> web.Response:
+    _dp(request).servable(*_model(request))
     body = await request.read()
     infer_request = decode_request(*_model(request), body, _header_length(request))
     response = await _dp(request).infer(infer_request)

@@ -53,7 +53,9 @@ def test_server_and_model_metadata_http(pod):
     model = client.get_model_metadata("multi_io")
     assert model["platform"] == "onnxruntime_onnx"
     assert [(t["name"], t["datatype"], t["shape"]) for t in model["inputs"]] == [
-        ("x", "FP32", [-1, 4]), ("ids", "INT64", [-1, 3]), ("tag", "BYTES", [-1, 1]),
+        ("x", "FP32", [-1, 4]),
+        ("ids", "INT64", [-1, 3]),
+        ("tag", "BYTES", [-1, 1]),
     ]
     config = client.get_model_config("mlp")
     assert config["max_batch_size"] == 64
@@ -95,7 +97,9 @@ def test_mlp_matches_onnxruntime_directly(pod, standard_repo):
     grpc_client = tgrpc.InferenceServerClient(pod.grpc)
     item = tgrpc.InferInput("features", [5, 64], "FP32")
     item.set_data_from_numpy(features)
-    np.testing.assert_allclose(grpc_client.infer("mlp", [item]).as_numpy("score"), expected, rtol=1e-6)
+    np.testing.assert_allclose(
+        grpc_client.infer("mlp", [item]).as_numpy("score"), expected, rtol=1e-6
+    )
 
 
 async def test_aio_clients(pod):

@@ -1,0 +1,211 @@
+"""Batching, overload, SIGTERM drain and broken repositories, against real pods."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import re
+import signal
+import threading
+import time
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.grpc.aio as tgrpc_aio
+
+from inference.examples import mlp
+from tests.models import scale, write_model
+from tests.pod import start_pod
+
+pytestmark = pytest.mark.integration
+
+
+def _metric(pod, name: str, **labels) -> float:
+    conn = http.client.HTTPConnection("127.0.0.1", pod.metrics_port, timeout=10)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(p in line for p in want.split(",")):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} {labels} not in metrics")
+
+
+def _post_scale(port: int, value: float, results: list, index: int) -> None:
+    body = json.dumps(
+        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [value, value]}]}
+    ).encode()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("POST", "/v2/models/scale/infer", body=body)
+        response = conn.getresponse()
+        results[index] = (
+            response.status,
+            json.loads(response.read()),
+            response.getheader("Retry-After"),
+            time.monotonic(),
+        )
+        conn.close()
+    except OSError as exc:
+        results[index] = ("refused", str(exc), None, time.monotonic())
+
+
+def _fire(port: int, count: int) -> tuple[list, list[threading.Thread]]:
+    results: list = [None] * count
+    threads = [
+        threading.Thread(target=_post_scale, args=(port, float(i), results, i))
+        for i in range(count)
+    ]
+    for thread in threads:
+        thread.start()
+    return results, threads
+
+
+async def test_concurrent_requests_form_batches_and_get_their_own_rows(pod, standard_repo):
+    rng = np.random.default_rng(3)
+    rows = rng.standard_normal((48, 64)).astype(np.float32)
+    before = _metric(pod, "tenfold_inference_batch_size_rows_count", model="mlp")
+    client = tgrpc_aio.InferenceServerClient(pod.grpc)
+
+    async def one(row):
+        item = tgrpc_aio.InferInput("features", [1, 64], "FP32")
+        item.set_data_from_numpy(row[None, :])
+        return (await client.infer("mlp", [item])).as_numpy("score")
+
+    try:
+        outputs = await asyncio.gather(*(one(r) for r in rows))
+    finally:
+        await client.close()
+    session = ort.InferenceSession(str(standard_repo / "mlp" / "1" / "model.onnx"))
+    expected = session.run(None, {"features": rows})[0]
+    np.testing.assert_allclose(np.concatenate(outputs), expected, rtol=1e-5, atol=1e-6)
+    batches = _metric(pod, "tenfold_inference_batch_size_rows_count", model="mlp") - before
+    assert 1 <= batches < 48, f"48 concurrent requests ran as {batches} batches"
+
+
+OVERLOAD_CONFIG = """
+name: "scale"
+platform: "onnxruntime_onnx"
+max_batch_size: 64
+input [ { name: "x" data_type: TYPE_FP32 dims: [ 2 ] } ]
+output [ { name: "y" data_type: TYPE_FP32 dims: [ 2 ] } ]
+dynamic_batching {
+  max_queue_delay_microseconds: 1500000
+  default_queue_policy { max_queue_size: 4 }
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def slow_queue_repo(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("slow")
+    write_model(repo, "scale", scale(2.0), OVERLOAD_CONFIG)
+    return repo
+
+
+def test_overload_rejects_excess_at_once(slow_queue_repo):
+    pod = start_pod(slow_queue_repo)
+    try:
+        results, threads = _fire(pod.http_port, 12)
+        for thread in threads:
+            thread.join(30)
+        ok = [r for r in results if r[0] == 200]
+        shed = [r for r in results if r[0] == 503]
+        assert len(ok) == 4 and len(shed) == 8, results
+        assert all("queue is full" in r[1]["error"] and r[2] == "1" for r in shed)
+        # every shed request came back before any admitted one (which waited for the delay)
+        assert max(r[3] for r in shed) < min(r[3] for r in ok)
+        for status, body, _, _ in ok:
+            value = body["outputs"][0]["data"]
+            assert value[0] == value[1]
+        assert (
+            _metric(
+                pod, "tenfold_inference_request_failure_total", model="scale", reason="Overloaded"
+            )
+            == 8
+        )
+    finally:
+        assert pod.stop() == 0
+
+
+def test_sigterm_drains_in_flight_requests_and_exits_zero(slow_queue_repo):
+    pod = start_pod(slow_queue_repo)
+    results, threads = _fire(pod.http_port, 4)
+    deadline = time.monotonic() + 10
+    while _metric(pod, "tenfold_inference_pending_requests", model="scale") < 4:
+        assert time.monotonic() < deadline, "requests never queued"
+        time.sleep(0.02)
+    pod.proc.send_signal(signal.SIGTERM)
+    assert pod.wait_for("draining", timeout=10)
+    late: list = [None]
+    time.sleep(0.2)
+    _post_scale(pod.http_port, 9.0, late, 0)
+    for thread in threads:
+        thread.join(30)
+    assert pod.proc.wait(30) == 0
+    assert [r[0] for r in results] == [200] * 4, results
+    for index, (_, body, _, _) in enumerate(results):
+        assert body["outputs"][0]["data"] == [2.0 * index, 2.0 * index]
+    assert late[0][0] in ("refused", 503), late
+
+
+def _broken_repo(root):
+    write_model(root, "good", scale(2.0), None)
+    wrong = OVERLOAD_CONFIG.replace('"scale"', '"broken"').replace('name: "x"', 'name: "input0"')
+    write_model(root, "broken", scale(1.0), wrong)
+    return root
+
+
+def test_broken_model_refuses_start_when_strict(tmp_path):
+    pod = start_pod(_broken_repo(tmp_path), wait_ready=False)
+    assert pod.proc.wait(60) == 1
+    output = pod.output()
+    assert "model 'broken'" in output and "config input 'input0' is not an input" in output
+
+
+def test_broken_model_reported_not_ready_when_lenient(tmp_path):
+    pod = start_pod(_broken_repo(tmp_path), "--no-strict-model-load")
+    try:
+        assert re.search(r"model 'broken' NOT served", pod.output())
+
+        def get(method, path, body=None):
+            conn = http.client.HTTPConnection("127.0.0.1", pod.http_port, timeout=10)
+            conn.request(method, path, body=body)
+            response = conn.getresponse()
+            result = response.status, response.read()
+            conn.close()
+            return result
+
+        assert get("GET", "/v2/models/broken/ready")[0] == 503
+        status, body = get("POST", "/v2/models/broken/infer", b'{"inputs": []}')
+        assert status == 503 and "input0" in json.loads(body)["error"]
+        assert get("GET", "/v2/health/ready")[0] == 200
+        assert get("GET", "/v2/models/good/ready")[0] == 200
+    finally:
+        assert pod.stop() == 0
+
+
+def test_mlp_example_repository_serves(tmp_path):
+    from inference.examples import write_example_repository
+
+    write_example_repository(tmp_path)
+    pod = start_pod(tmp_path)
+    try:
+        body = json.dumps(
+            {
+                "inputs": [
+                    {"name": "features", "datatype": "FP32", "shape": [1, 64], "data": [0.5] * 64}
+                ]
+            }
+        ).encode()
+        conn = http.client.HTTPConnection("127.0.0.1", pod.http_port, timeout=10)
+        conn.request("POST", "/v2/models/ranker_demo/infer", body=body)
+        out = json.loads(conn.getresponse().read())
+        session = ort.InferenceSession(mlp().SerializeToString())
+        expected = session.run(None, {"features": np.full((1, 64), 0.5, np.float32)})[0]
+        assert out["outputs"][0]["data"] == pytest.approx(expected.ravel().tolist(), rel=1e-6)
+    finally:
+        assert pod.stop() == 0
