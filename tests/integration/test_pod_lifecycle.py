@@ -118,7 +118,7 @@ def test_overload_rejects_excess_at_once(slow_queue_repo):
         assert all("queue is full" in r[1]["error"] and r[2] == "1" for r in shed)
         # every shed request came back before any admitted one (which waited for the delay)
         assert max(r[3] for r in shed) < min(r[3] for r in ok)
-        for status, body, _, _ in ok:
+        for _, body, _, _ in ok:
             value = body["outputs"][0]["data"]
             assert value[0] == value[1]
         assert (
