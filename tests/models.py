@@ -59,16 +59,30 @@ def scale(factor: float) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def heavy(width: int = 1024, layers: int = 12) -> onnx.ModelProto:
-    """A MatMul chain that takes tens of milliseconds per batch on this machine."""
+def heavy(width: int = 1024, layers: int = 12, expand: int = 64) -> onnx.ModelProto:
+    """x FP32[b,width] -> y FP32[b,width]: each row is repeated ``expand`` times through
+    a MatMul chain, so one row costs tens of milliseconds on this machine."""
     rng = np.random.default_rng(1)
-    nodes, inits, current = [], [], "x"
+    inits = [
+        numpy_helper.from_array(np.array([1, expand], dtype=np.int64), "repeats"),
+        numpy_helper.from_array(np.array([-1, width], dtype=np.int64), "flat"),
+        numpy_helper.from_array(np.array([-1, expand, width], dtype=np.int64), "grouped"),
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
+    ]
+    nodes = [
+        helper.make_node("Tile", ["x", "repeats"], ["tiled"]),
+        helper.make_node("Reshape", ["tiled", "flat"], ["h"]),
+    ]
+    current = "h"
     for i in range(layers):
         w = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
         inits.append(numpy_helper.from_array(w, f"w{i}"))
-        out = "y" if i == layers - 1 else f"h{i}"
-        nodes.append(helper.make_node("MatMul", [current, f"w{i}"], [out]))
-        current = out
+        nodes.append(helper.make_node("MatMul", [current, f"w{i}"], [f"h{i}"]))
+        current = f"h{i}"
+    nodes += [
+        helper.make_node("Reshape", [current, "grouped"], ["g"]),
+        helper.make_node("ReduceMean", ["g", "axis1"], ["y"], keepdims=0),
+    ]
     graph = helper.make_graph(
         nodes,
         "heavy",
@@ -76,7 +90,7 @@ def heavy(width: int = 1024, layers: int = 12) -> onnx.ModelProto:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", width])],
         inits,
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
 
 
 MLP_CONFIG = """

@@ -1,0 +1,255 @@
+"""The dynamic batcher, with a fake model: exact batch formation, bounds and timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from inference.protocol.errors import Overloaded, ServerUnavailable
+from inference.repository.spec import BatchingPolicy
+from inference.runtime.batcher import DynamicBatcher
+from inference.runtime.onnx_model import BatchResult
+
+
+class FakeModel:
+    """Doubles its input; records the rows of each batch; can be held to block."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def execute(self, parts, rows):
+        self.batches.append(list(rows))
+        await self.gate.wait()
+        merged = np.concatenate([p["x"] for p in parts])
+        out = np.split(merged * 2, np.cumsum(rows)[:-1])
+        return BatchResult([{"y": o} for o in out], 0.0)
+
+
+SHORT_DELAY = BatchingPolicy(max_queue_delay_s=0.05)
+
+
+def make(model, policy=SHORT_DELAY, max_batch=8, instances=1, cap=0):
+    batcher = DynamicBatcher(
+        execute=model.execute,
+        instances=instances,
+        max_batch_size=max_batch,
+        policy=policy,
+        queue_cap=cap,
+    )
+    batcher.start()
+    return batcher
+
+
+def row(value: float, n: int = 1, width: int = 2) -> dict:
+    return {"x": np.full((n, width), value, dtype=np.float32)}
+
+
+async def test_concurrent_requests_merge_and_split_back():
+    model = FakeModel()
+    batcher = make(model)
+    results = await asyncio.gather(*(batcher.submit(row(i), 1) for i in range(6)))
+    await batcher.stop()
+    assert model.batches == [[1] * 6]
+    for i, out in enumerate(results):
+        np.testing.assert_array_equal(out["y"], np.full((1, 2), 2 * i))
+
+
+async def test_max_batch_size_counts_rows_of_multi_row_requests():
+    model = FakeModel()
+    batcher = make(model, max_batch=8)
+    sizes = [3, 3, 3, 2]
+    results = await asyncio.gather(*(batcher.submit(row(i, n), n) for i, n in enumerate(sizes)))
+    await batcher.stop()
+    assert model.batches == [[3, 3], [3, 2]]
+    assert [r["y"].shape[0] for r in results] == sizes
+
+
+async def test_full_batch_dispatches_without_waiting_for_the_delay():
+    model = FakeModel()
+    batcher = make(model, policy=BatchingPolicy(max_queue_delay_s=30.0), max_batch=4)
+    results = await asyncio.wait_for(
+        asyncio.gather(*(batcher.submit(row(i), 1) for i in range(4))), timeout=5
+    )
+    await batcher.stop()
+    assert len(results) == 4 and model.batches == [[1, 1, 1, 1]]
+
+
+async def test_preferred_batch_size_dispatches_early():
+    model = FakeModel()
+    policy = BatchingPolicy(max_queue_delay_s=30.0, preferred_batch_sizes=(2, 4))
+    batcher = make(model, policy=policy, max_batch=16)
+    results = await asyncio.wait_for(
+        asyncio.gather(*(batcher.submit(row(i), 1) for i in range(4))), timeout=5
+    )
+    await batcher.stop()
+    assert len(results) == 4 and model.batches == [[1, 1, 1, 1]]
+
+
+async def test_requests_with_other_shapes_are_not_merged():
+    model = FakeModel()
+    batcher = make(model)
+    a, b, c = await asyncio.gather(
+        batcher.submit(row(1, width=2), 1),
+        batcher.submit(row(2, width=3), 1),
+        batcher.submit(row(3, width=2), 1),
+    )
+    await batcher.stop()
+    assert model.batches == [[1, 1], [1]]
+    assert b["y"].shape == (1, 3) and a["y"][0, 0] == 2 and c["y"][0, 0] == 6
+
+
+async def test_batches_grow_while_the_instance_is_busy():
+    model = FakeModel()
+    batcher = make(model, policy=BatchingPolicy(max_queue_delay_s=0.0), max_batch=8)
+    model.gate.clear()
+    first = asyncio.create_task(batcher.submit(row(0), 1))
+    await asyncio.sleep(0.01)
+    rest = [asyncio.create_task(batcher.submit(row(i), 1)) for i in range(1, 6)]
+    await asyncio.sleep(0.01)
+    model.gate.set()
+    await asyncio.gather(first, *rest)
+    await batcher.stop()
+    assert model.batches == [[1], [1, 1, 1, 1, 1]]
+
+
+async def test_queue_bound_rejects_at_once():
+    model = FakeModel()
+    batcher = make(model, policy=BatchingPolicy(max_queue_delay_s=0.0, max_queue_size=2))
+    model.gate.clear()
+    running = asyncio.create_task(batcher.submit(row(0), 1))
+    await asyncio.sleep(0.01)  # now executing; the queue is empty
+    queued = [asyncio.create_task(batcher.submit(row(i), 1)) for i in (1, 2)]
+    await asyncio.sleep(0)
+    with pytest.raises(Overloaded, match="queue is full"):
+        await batcher.submit(row(3), 1)
+    model.gate.set()
+    await asyncio.gather(running, *queued)
+    await batcher.stop()
+
+
+async def test_queue_cap_from_settings_applies_when_config_has_none():
+    model = FakeModel()
+    batcher = make(model, policy=BatchingPolicy(max_queue_delay_s=0.0), cap=1)
+    model.gate.clear()
+    running = asyncio.create_task(batcher.submit(row(0), 1))
+    await asyncio.sleep(0.01)
+    queued = asyncio.create_task(batcher.submit(row(1), 1))
+    await asyncio.sleep(0)
+    with pytest.raises(Overloaded):
+        await batcher.submit(row(2), 1)
+    model.gate.set()
+    await asyncio.gather(running, queued)
+    await batcher.stop()
+
+
+async def test_queue_timeout_rejects_while_waiting():
+    model = FakeModel()
+    policy = BatchingPolicy(max_queue_delay_s=0.0, default_timeout_s=0.05)
+    batcher = make(model, policy=policy)
+    model.gate.clear()
+    running = asyncio.create_task(batcher.submit(row(0), 1))
+    await asyncio.sleep(0.01)
+    with pytest.raises(Overloaded, match="timed out"):
+        await batcher.submit(row(1), 1)
+    assert batcher.depth == 0
+    model.gate.set()
+    await running
+    await batcher.stop()
+    assert model.batches == [[1]]  # the expired request never ran
+
+
+async def test_timeout_override_only_when_allowed():
+    model = FakeModel()
+    policy = BatchingPolicy(max_queue_delay_s=0.0, allow_timeout_override=True)
+    batcher = make(model, policy=policy)
+    model.gate.clear()
+    running = asyncio.create_task(batcher.submit(row(0), 1))
+    await asyncio.sleep(0.01)
+    with pytest.raises(Overloaded):
+        await batcher.submit(row(1), 1, timeout_s=0.02)
+    model.gate.set()
+    await running
+    await batcher.stop()
+
+
+async def test_delay_action_keeps_waiting():
+    model = FakeModel()
+    policy = BatchingPolicy(max_queue_delay_s=0.0, default_timeout_s=0.01, timeout_action="DELAY")
+    batcher = make(model, policy=policy)
+    model.gate.clear()
+    running = asyncio.create_task(batcher.submit(row(0), 1))
+    await asyncio.sleep(0.01)
+    waiting = asyncio.create_task(batcher.submit(row(1), 1))
+    await asyncio.sleep(0.05)
+    model.gate.set()
+    out = await waiting
+    await running
+    await batcher.stop()
+    assert out["y"][0, 0] == 2
+
+
+async def test_cancelled_caller_is_skipped():
+    model = FakeModel()
+    batcher = make(model, policy=BatchingPolicy(max_queue_delay_s=0.0))
+    model.gate.clear()
+    running = asyncio.create_task(batcher.submit(row(0), 1))
+    await asyncio.sleep(0.01)
+    gone = asyncio.create_task(batcher.submit(row(1), 1))
+    kept = asyncio.create_task(batcher.submit(row(2), 1))
+    await asyncio.sleep(0)
+    gone.cancel()
+    model.gate.set()
+    await asyncio.gather(running, kept)
+    await batcher.stop()
+    assert model.batches == [[1], [1]]
+
+
+async def test_stop_fails_queued_requests():
+    model = FakeModel()
+    batcher = make(model, policy=BatchingPolicy(max_queue_delay_s=10.0), max_batch=8)
+    waiting = asyncio.create_task(batcher.submit(row(1), 1))
+    await asyncio.sleep(0.01)
+    await batcher.stop()
+    with pytest.raises(ServerUnavailable):
+        await waiting
+    with pytest.raises(ServerUnavailable):
+        await batcher.submit(row(1), 1)
+
+
+async def test_model_failure_reaches_every_caller_in_the_batch():
+    async def broken(parts, rows):
+        raise RuntimeError("boom")
+
+    batcher = DynamicBatcher(
+        execute=broken, instances=1, max_batch_size=4, policy=BatchingPolicy(max_queue_delay_s=0.02)
+    )
+    batcher.start()
+    results = await asyncio.gather(
+        *(batcher.submit(row(i), 1) for i in range(3)), return_exceptions=True
+    )
+    await batcher.stop()
+    assert all(isinstance(r, RuntimeError) for r in results)
+
+
+async def test_without_dynamic_batching_each_request_runs_alone():
+    model = FakeModel()
+    batcher = make(model, policy=None, max_batch=8)
+    await asyncio.gather(*(batcher.submit(row(i, 2), 2) for i in range(3)))
+    await batcher.stop()
+    assert model.batches == [[2], [2], [2]]
+
+
+async def test_instances_run_batches_concurrently():
+    model = FakeModel()
+    batcher = make(model, policy=None, max_batch=8, instances=2)
+    model.gate.clear()
+    tasks = [asyncio.create_task(batcher.submit(row(i), 1)) for i in range(3)]
+    await asyncio.sleep(0.02)
+    assert len(model.batches) == 2  # two instances busy, the third request waits
+    model.gate.set()
+    await asyncio.gather(*tasks)
+    await batcher.stop()
