@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from inference.process import start_pod
 from tests.models import standard_repository
-from tests.pod import start_pod
 
 
 @pytest.fixture(scope="session")

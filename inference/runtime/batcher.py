@@ -44,6 +44,10 @@ class _NullObserver:
         pass
 
 
+#: event-loop timers fire on a 1 ms grid (uvloop/libuv); a shorter wait would overshoot
+#: ``max_queue_delay``, so a remaining delay below this is not waited for.
+TIMER_RESOLUTION_S = 0.001
+
 Execute = Callable[[Sequence[dict[str, np.ndarray]], Sequence[int]], Awaitable[BatchResult]]
 
 
@@ -192,7 +196,7 @@ class DynamicBatcher:
             if self._preferred_top and rows >= self._preferred_top:
                 return self._take(head, self._preferred_top)
             remaining = head.enqueued + self._policy.max_queue_delay_s - self._loop.time()
-            if remaining <= 0:
+            if remaining < TIMER_RESOLUTION_S:
                 return self._take(head, self._max_rows)
             await self._wait_arrival(remaining)
 

@@ -12,7 +12,7 @@ import pytest
 import tritonclient.grpc as tgrpc
 from tritonclient.utils import InferenceServerException
 
-from tests.pod import start_pod
+from inference.process import start_pod
 
 pytestmark = pytest.mark.integration
 

@@ -16,8 +16,8 @@ import pytest
 import tritonclient.grpc.aio as tgrpc_aio
 
 from inference.examples import mlp
+from inference.process import start_pod
 from tests.models import scale, write_model
-from tests.pod import start_pod
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,5 @@
-"""Start a real inference pod (``python -m tenfold inference serve``) on loopback."""
+"""Run an inference pod as a child process (``python -m tenfold inference serve``) and
+learn its ports from what it prints. Used by tests, benchmarks and local stacks."""
 
 from __future__ import annotations
 
@@ -73,26 +74,18 @@ def _pump(stream, lines: queue.Queue) -> None:
 
 
 def start_pod(
-    repo: Path, *args: str, env: dict[str, str] | None = None, wait_ready: bool = True
+    repo: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    wait_ready: bool = True,
+    intra_op_threads: int = 1,
 ) -> Pod:
-    cmd = [
-        sys.executable,
-        "-m",
-        "tenfold",
-        "inference",
-        "serve",
-        "--model-repository",
-        str(repo),
-        "--http-port",
-        "0",
-        "--grpc-port",
-        "0",
-        "--metrics-port",
-        "0",
-        "--intra-op-threads",
-        "1",
-        *args,
-    ]
+    """Start a pod on free loopback ports; by default wait until it is ready.
+
+    ``args`` are extra ``tenfold inference serve`` flags."""
+    cmd = [sys.executable, "-m", "tenfold", "inference", "serve"]
+    cmd += ["--model-repository", str(repo), "--intra-op-threads", str(intra_op_threads)]
+    cmd += ["--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", *args]
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full_env
