@@ -47,11 +47,13 @@ class ModelEntry:
     versions: dict[str, ServedVersion] = field(default_factory=dict)
     #: why the model is not served (broken repository entry), or None
     error: str | None = None
+    #: the highest version number, served when a request names no version
+    latest: ServedVersion | None = None
 
-    def latest(self) -> ServedVersion | None:
-        if not self.versions:
-            return None
-        return self.versions[max(self.versions, key=int)]
+    def add(self, served: ServedVersion) -> None:
+        self.versions[served.version] = served
+        if self.latest is None or int(served.version) > int(self.latest.version):
+            self.latest = served
 
 
 class DataPlane:
@@ -67,8 +69,7 @@ class DataPlane:
 
     # -- registry (used by the server while it starts and stops) ----------------------
     def add_version(self, served: ServedVersion) -> None:
-        entry = self._models.setdefault(served.spec.name, ModelEntry(served.spec.name))
-        entry.versions[served.version] = served
+        self._models.setdefault(served.spec.name, ModelEntry(served.spec.name)).add(served)
 
     def add_failed(self, name: str, reason: str) -> None:
         self._models.setdefault(name, ModelEntry(name)).error = reason
@@ -129,7 +130,7 @@ class DataPlane:
         if entry.error is not None:
             raise ModelNotReady(f"model '{name}' is not available: {entry.error}")
         if not version:
-            served = entry.latest()
+            served = entry.latest
             if served is None:
                 raise ModelNotReady(f"model '{name}' has no loaded version")
             return served
