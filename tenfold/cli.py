@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from inference.cli import app as inference_app
+from tenfold.models.cli import app as models_app
 
 app = typer.Typer(
     help="tenfold: high-concurrency model serving.",
@@ -12,6 +13,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(inference_app, name="inference")
+app.add_typer(models_app, name="models")
 
 
 def main() -> None:

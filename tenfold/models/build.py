@@ -1,0 +1,150 @@
+"""``tenfold models build``: simulate logs, train the default models, export them into
+a Triton-layout model repository with assets and a report (torch extra).
+
+Repository written (see docs/models.md for the formats):
+
+    <out>/feed_user_tower/{config.pbtxt, 1/model.onnx, item_embeddings.npy, cold_start_pool.npy}
+    <out>/feed_ranker/{config.pbtxt, 1/model.onnx}
+    <out>/build_report.json
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from tenfold.models import feed
+from tenfold.models.export import export, parity
+from tenfold.models.feed_nets import MMoERanker, UserTower
+from tenfold.models.simulate import HISTORY, SimConfig, simulate
+
+PARITY_TOLERANCE = 1e-4
+COLD_START_POOL = 500
+
+USER_TOWER_CONFIG = """\
+name: "feed_user_tower"
+platform: "onnxruntime_onnx"
+max_batch_size: 64
+input [
+  { name: "user_ctx" data_type: TYPE_INT64 dims: [ 4 ] },
+  { name: "history" data_type: TYPE_INT64 dims: [ %(history)d ] }
+]
+output [ { name: "embedding" data_type: TYPE_FP32 dims: [ %(dim)d ] } ]
+dynamic_batching { max_queue_delay_microseconds: 500 default_queue_policy { max_queue_size: 1024 } }
+instance_group [ { count: 1 kind: KIND_CPU } ]
+"""
+
+RANKER_CONFIG = """\
+name: "feed_ranker"
+platform: "onnxruntime_onnx"
+max_batch_size: 1024
+input [
+  { name: "user_ctx" data_type: TYPE_INT64 dims: [ 4 ] },
+  { name: "history" data_type: TYPE_INT64 dims: [ %(history)d ] },
+  { name: "item" data_type: TYPE_INT64 dims: [ 1 ] }
+]
+output [
+  { name: "p_finish" data_type: TYPE_FP32 dims: [ 1 ] },
+  { name: "p_like" data_type: TYPE_FP32 dims: [ 1 ] },
+  { name: "p_share" data_type: TYPE_FP32 dims: [ 1 ] },
+  { name: "watch" data_type: TYPE_FP32 dims: [ 1 ] }
+]
+dynamic_batching {
+  preferred_batch_size: [ 512, 1024 ]
+  max_queue_delay_microseconds: 1000
+  default_queue_policy { max_queue_size: 256 }
+}
+instance_group [ { count: 1 kind: KIND_CPU } ]
+"""
+
+
+class BuildError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Built:
+    report: dict
+    #: the trained PyTorch modules, by model name (for parity checks by callers)
+    modules: dict[str, torch.nn.Module]
+    #: held-out inputs of each model, as sent to the pod
+    held_out: dict[str, dict[str, np.ndarray]]
+
+
+def build(out: Path, quick: bool = False, seed: int = 7, console=None) -> Built:
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    cfg = SimConfig.quick() if quick else SimConfig()
+    cfg = SimConfig(**{**cfg.__dict__, "seed": seed})
+    epochs = {"ranker": 2, "recall": 5} if quick else {"ranker": 1, "recall": 2}
+    report: dict = {"quick": quick, "seed": seed, "sizes": cfg.__dict__, "timings_s": {}}
+    start = time.perf_counter()
+    columns = (
+        TextColumn("{task.description:<22}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as bar:
+        tasks = {
+            name: bar.add_task(name, total=1.0)
+            for name in ("simulate logs", "ranker", "recall", "export + parity")
+        }
+
+        def progress(name: str, fraction: float) -> None:
+            bar.update(tasks[name], completed=fraction)
+
+        world, logs = simulate(cfg, progress=lambda f: progress("simulate logs", f))
+        progress("simulate logs", 1.0)
+        data = feed.FeedData.split(cfg, world, logs)
+        report["timings_s"]["simulate"] = time.perf_counter() - start
+        report["impressions"] = {"train": len(data.train), "test": len(data.test)}
+
+        ranker = feed.train_ranker(data, epochs["ranker"], progress, seed)
+        progress("ranker", 1.0)
+        report["ranker"] = feed.evaluate_ranker(ranker, data)
+        two_tower = feed.train_two_tower(data, epochs["recall"], progress, seed)
+        progress("recall", 1.0)
+        embeddings = feed.item_embeddings(two_tower, cfg.items)
+        pool = feed.cold_start_pool(data, COLD_START_POOL)
+        report["recall"] = feed.evaluate_recall(two_tower, data, embeddings, pool)
+        report["timings_s"]["train"] = time.perf_counter() - start
+
+        modules, held_out = _export_feed(out, data, ranker, two_tower, embeddings, pool)
+        report["parity_max_abs_diff"] = {
+            name: parity(modules[name], out / name / "1" / "model.onnx", held_out[name])
+            for name in modules
+        }
+        progress("export + parity", 1.0)
+    report["timings_s"]["total"] = time.perf_counter() - start
+    for name, diff in report["parity_max_abs_diff"].items():
+        if not diff <= PARITY_TOLERANCE:
+            raise BuildError(
+                f"{name}: ONNX differs from PyTorch by {diff:.2e} (> {PARITY_TOLERANCE})"
+            )
+    (out / "build_report.json").write_text(json.dumps(report, indent=2))
+    return Built(report, modules, held_out)
+
+
+def _export_feed(out, data, ranker, two_tower, embeddings, pool):
+    tower = UserTower(two_tower).eval()
+    held_out = data.test.take(np.arange(min(512, len(data.test))))
+    user_inputs = {"user_ctx": data.user_ctx(held_out), "history": held_out.history}
+    tower_dir = out / "feed_user_tower"
+    export(tower, user_inputs, ["embedding"], tower_dir / "1" / "model.onnx")
+    (tower_dir / "config.pbtxt").write_text(
+        USER_TOWER_CONFIG % {"history": HISTORY, "dim": embeddings.shape[1]}
+    )
+    np.save(tower_dir / "item_embeddings.npy", embeddings)
+    np.save(tower_dir / "cold_start_pool.npy", pool)
+    ranker_inputs = feed.ranker_inputs(data, held_out)
+    ranker_dir = out / "feed_ranker"
+    export(ranker, ranker_inputs, list(MMoERanker.HEADS), ranker_dir / "1" / "model.onnx")
+    (ranker_dir / "config.pbtxt").write_text(RANKER_CONFIG % {"history": HISTORY})
+    modules = {"feed_user_tower": tower, "feed_ranker": ranker}
+    return modules, {"feed_user_tower": user_inputs, "feed_ranker": ranker_inputs}

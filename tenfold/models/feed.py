@@ -1,0 +1,203 @@
+"""Train, evaluate and export the feed models: two-tower recall, cold-start pool and
+the multi-task ranker (torch extra)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.stats import rankdata
+
+from tenfold.models.feed_nets import ItemTables, MMoERanker, TwoTower, UserTower
+from tenfold.models.simulate import Logs, SimConfig, World, latest_histories
+
+Progress = Callable[[str, float], None]
+#: strength of the logQ correction of in-batch negatives (0: none, 1: full)
+LOGQ_WEIGHT = 0.5
+
+
+def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney U with average ranks for ties)."""
+    pos = labels > 0.5
+    n_pos, n_neg = pos.sum(), (~pos).sum()
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(scores)
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+@dataclass(frozen=True)
+class FeedData:
+    cfg: SimConfig
+    world: World
+    train: Logs
+    test: Logs
+    item_dense: np.ndarray  # [items, 2] age/30, log popularity (from training logs)
+    item_positives: np.ndarray  # positives per item in training logs
+
+    @classmethod
+    def split(cls, cfg: SimConfig, world: World, logs: Logs, test_fraction=0.1) -> FeedData:
+        cut = int(len(logs) * (1 - test_fraction))
+        train, test = logs.take(np.arange(cut)), logs.take(np.arange(cut, len(logs)))
+        shown = np.bincount(train.item, minlength=cfg.items)
+        positives = np.bincount(train.item, weights=train.finish, minlength=cfg.items)
+        dense = np.stack([world.item_age / 30.0, np.log1p(shown) / np.log1p(shown.max())], 1)
+        return cls(cfg, world, train, test, dense.astype(np.float32), positives)
+
+    def tables(self) -> ItemTables:
+        return ItemTables(self.world.item_topic, self.world.item_creator, self.item_dense)
+
+    def user_ctx(self, logs: Logs) -> np.ndarray:
+        return np.stack([logs.user + 1, logs.hour, logs.device, logs.network], 1).astype(np.int64)
+
+
+def _batches(n: int, size: int, rng) -> list[np.ndarray]:
+    order = rng.permutation(n)
+    return [order[i : i + size] for i in range(0, n, size)]
+
+
+def train_ranker(data: FeedData, epochs: int, progress: Progress, seed: int = 0) -> MMoERanker:
+    torch.manual_seed(seed)
+    cfg = data.cfg
+    model = MMoERanker(cfg.users, cfg.items, cfg.topics, cfg.creators, data.tables())
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    logs = data.train
+    ctx = torch.as_tensor(data.user_ctx(logs))
+    hist = torch.as_tensor(logs.history)
+    item = torch.as_tensor(logs.item[:, None] + 1)
+    labels = torch.as_tensor(np.stack([logs.finish, logs.like, logs.share, logs.watch], 1))
+    rng = np.random.default_rng(seed)
+    batches = [b for _ in range(epochs) for b in _batches(len(logs), 1024, rng)]
+    model.train()
+    for step, idx in enumerate(batches):
+        idx = torch.as_tensor(idx)
+        outs = model(ctx[idx], hist[idx], item[idx])
+        loss = sum(
+            torch.nn.functional.binary_cross_entropy(o[:, 0], labels[idx, k])
+            for k, o in enumerate(outs)
+        )
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 20 == 0:
+            progress("ranker", step / len(batches))
+    model.eval()
+    return model
+
+
+def ranker_inputs(data: FeedData, logs: Logs) -> dict[str, np.ndarray]:
+    return {
+        "user_ctx": data.user_ctx(logs),
+        "history": logs.history,
+        "item": (logs.item[:, None] + 1).astype(np.int64),
+    }
+
+
+def evaluate_ranker(model: MMoERanker, data: FeedData) -> dict:
+    feeds = {k: torch.as_tensor(v) for k, v in ranker_inputs(data, data.test).items()}
+    with torch.inference_mode():
+        outs = [o[:, 0].numpy() for o in model(**feeds)]
+    test = data.test
+    truth = {
+        "p_finish": test.finish,
+        "p_like": test.like,
+        "p_share": test.share,
+        "watch": (test.watch > 0.5).astype(np.float32),
+    }
+    popularity = data.item_positives[test.item]
+    report = {}
+    for name, score in zip(MMoERanker.HEADS, outs, strict=True):
+        report[name] = {
+            "auc": auc(truth[name], score),
+            "popularity_auc": auc(truth[name], popularity),
+        }
+    return report
+
+
+def train_two_tower(data: FeedData, epochs: int, progress: Progress, seed: int = 0) -> TwoTower:
+    torch.manual_seed(seed)
+    cfg = data.cfg
+    model = TwoTower(cfg.users, cfg.items, cfg.topics, cfg.creators, data.tables())
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    logs = data.train
+    keep = np.flatnonzero(logs.finish > 0)
+    ctx = torch.as_tensor(data.user_ctx(logs)[keep])
+    hist = torch.as_tensor(logs.history[keep])
+    items = torch.as_tensor(logs.item[keep] + 1)
+    # logQ correction: in-batch negatives over-sample popular items
+    freq = np.bincount(logs.item[keep], minlength=cfg.items) + 1.0
+    log_q = torch.as_tensor(np.log(freq / freq.sum()), dtype=torch.float32)
+    rng = np.random.default_rng(seed)
+    batches = [b for _ in range(epochs) for b in _batches(len(keep), 256, rng)]
+    model.train()
+    for step, idx in enumerate(batches):
+        idx = torch.as_tensor(idx)
+        u = model.user_vec(ctx[idx], hist[idx])
+        v = model.item_vec(items[idx])
+        logits = u @ v.T / 0.05 - LOGQ_WEIGHT * log_q[items[idx] - 1][None, :]
+        same = items[idx][:, None] == items[idx][None, :]
+        logits = logits.masked_fill(same & ~torch.eye(len(idx), dtype=torch.bool), -1e9)
+        loss = torch.nn.functional.cross_entropy(logits, torch.arange(len(idx)))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 20 == 0:
+            progress("recall", step / len(batches))
+    model.eval()
+    return model
+
+
+def item_embeddings(model: TwoTower, n_items: int) -> np.ndarray:
+    with torch.inference_mode():
+        return model.item_vec(torch.arange(1, n_items + 1)).numpy().astype(np.float32)
+
+
+def cold_start_pool(data: FeedData, size: int) -> np.ndarray:
+    """Popular, fresh and high-quality items (observable signals only), best first."""
+    shown = np.bincount(data.train.item, minlength=data.cfg.items)
+    finish_rate = (data.item_positives + 1.0) / (shown + 4.0)  # smoothed
+    popularity = np.log1p(data.item_positives) / np.log1p(data.item_positives.max())
+    freshness = np.exp(-data.world.item_age / 7.0)
+    score = 0.5 * popularity + 0.3 * finish_rate + 0.2 * freshness
+    return np.argsort(-score, kind="stable")[:size].astype(np.int64)
+
+
+def serving_user_inputs(data: FeedData, users: np.ndarray) -> dict[str, np.ndarray]:
+    """Inputs of the user tower for ``users`` after the whole log (hour fixed at 20)."""
+    hist = latest_histories(data.train, data.cfg.users)[users]
+    ctx = np.stack(
+        [
+            users + 1,
+            np.full_like(users, 20),
+            data.world.user_device[users],
+            data.world.user_network[users],
+        ],
+        1,
+    ).astype(np.int64)
+    return {"user_ctx": ctx, "history": hist}
+
+
+def evaluate_recall(
+    model: TwoTower,
+    data: FeedData,
+    embeddings: np.ndarray,
+    pool: np.ndarray,
+    k: int = 100,
+    n_users: int = 1000,
+) -> dict:
+    rng = np.random.default_rng(11)
+    users = np.sort(rng.choice(data.cfg.users, size=min(n_users, data.cfg.users), replace=False))
+    feeds = {n: torch.as_tensor(v) for n, v in serving_user_inputs(data, users).items()}
+    with torch.inference_mode():
+        vecs = UserTower(model)(**feeds).numpy()
+    truth = np.argsort(-data.world.true_score(users), axis=1)[:, :k]
+    retrieved = np.argsort(-(vecs @ embeddings.T), axis=1)[:, :k]
+    hits = [len(np.intersect1d(t, r)) / k for t, r in zip(truth, retrieved, strict=True)]
+    pool_hits = [len(np.intersect1d(t, pool[:k])) / k for t in truth]
+    return {
+        "recall_at_100": float(np.mean(hits)),
+        "popularity_pool_recall_at_100": float(np.mean(pool_hits)),
+        "users": len(users),
+    }

@@ -1,0 +1,70 @@
+"""The quick build of the default models: it trains, beats the popularity baselines,
+exports ONNX that matches PyTorch, and the inference pod serves it (tritonclient)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="the default models need the torch extra")
+
+import tritonclient.grpc as tgrpc  # noqa: E402
+
+from inference.process import start_pod  # noqa: E402
+from tenfold.models.build import build  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    out = tmp_path_factory.mktemp("models")
+    return out, build(out, quick=True)
+
+
+def test_ranker_beats_popularity_on_every_head(built):
+    _, result = built
+    for head, figures in result.report["ranker"].items():
+        assert figures["auc"] > figures["popularity_auc"] + 0.1, (head, figures)
+        assert figures["auc"] > 0.65, (head, figures)
+
+
+def test_recall_beats_the_popularity_pool(built):
+    _, result = built
+    recall = result.report["recall"]
+    assert recall["recall_at_100"] > 2 * recall["popularity_pool_recall_at_100"], recall
+
+
+def test_assets_have_the_documented_format(built):
+    out, result = built
+    embeddings = np.load(out / "feed_user_tower" / "item_embeddings.npy")
+    items = result.report["sizes"]["items"]
+    assert embeddings.shape == (items, 32) and embeddings.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, rtol=1e-4)
+    pool = np.load(out / "feed_user_tower" / "cold_start_pool.npy")
+    assert pool.dtype == np.int64 and len(pool) == len(set(pool)) == 500
+    assert pool.min() >= 0 and pool.max() < items
+
+
+def test_pod_serves_the_build_with_pytorch_outputs(built):
+    out, result = built
+    pod = start_pod(out)
+    try:
+        client = tgrpc.InferenceServerClient(pod.grpc)
+        for model, inputs in result.held_out.items():
+            rows = {k: v[:40] for k, v in inputs.items()}
+            infer_inputs = []
+            for name, value in rows.items():
+                item = tgrpc.InferInput(name, list(value.shape), "INT64")
+                item.set_data_from_numpy(value)
+                infer_inputs.append(item)
+            answer = client.infer(model, infer_inputs)
+            with torch.inference_mode():
+                expected = result.modules[model](*(torch.as_tensor(v) for v in rows.values()))
+            if isinstance(expected, torch.Tensor):
+                expected = (expected,)
+            names = [o.name for o in client.get_model_metadata(model).outputs]
+            for name, want in zip(names, expected, strict=True):
+                np.testing.assert_allclose(answer.as_numpy(name), want.numpy(), atol=1e-5)
+    finally:
+        assert pod.stop() == 0
