@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from tenfold.models import feed
+from tenfold.models import effects, feed
 from tenfold.models.export import export, parity
 from tenfold.models.feed_nets import MMoERanker, UserTower
 from tenfold.models.simulate import HISTORY, SimConfig, simulate
@@ -64,6 +64,21 @@ instance_group [ { count: 1 kind: KIND_CPU } ]
 """
 
 
+EFFECTS_CONFIG = """\
+name: "effects_cartoon"
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+input [ { name: "image" data_type: TYPE_FP32 dims: [ 3, -1, -1 ] } ]
+output [ { name: "stylized" data_type: TYPE_FP32 dims: [ 3, -1, -1 ] } ]
+dynamic_batching { max_queue_delay_microseconds: 2000 default_queue_policy { max_queue_size: 64 } }
+instance_group [ { count: 1 kind: KIND_CPU } ]
+model_warmup [ {
+  name: "256x256" batch_size: 1
+  inputs { key: "image" value: { data_type: TYPE_FP32 dims: [ 3, 256, 256 ] zero_data: true } }
+} ]
+"""
+
+
 class BuildError(Exception):
     pass
 
@@ -81,7 +96,8 @@ def build(out: Path, quick: bool = False, seed: int = 7, console=None) -> Built:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     cfg = SimConfig.quick() if quick else SimConfig()
     cfg = SimConfig(**{**cfg.__dict__, "seed": seed})
-    epochs = {"ranker": 2, "recall": 5} if quick else {"ranker": 1, "recall": 2}
+    epochs = {"ranker": 2, "recall": 5} if quick else {"ranker": 1, "recall": 1}
+    effect_steps = 200 if quick else 1200
     report: dict = {"quick": quick, "seed": seed, "sizes": cfg.__dict__, "timings_s": {}}
     start = time.perf_counter()
     columns = (
@@ -93,7 +109,7 @@ def build(out: Path, quick: bool = False, seed: int = 7, console=None) -> Built:
     with Progress(*columns, console=console, transient=False) as bar:
         tasks = {
             name: bar.add_task(name, total=1.0)
-            for name in ("simulate logs", "ranker", "recall", "export + parity")
+            for name in ("simulate logs", "ranker", "recall", "effects", "export + parity")
         }
 
         def progress(name: str, fraction: float) -> None:
@@ -113,9 +129,28 @@ def build(out: Path, quick: bool = False, seed: int = 7, console=None) -> Built:
         embeddings = feed.item_embeddings(two_tower, cfg.items)
         pool = feed.cold_start_pool(data, COLD_START_POOL)
         report["recall"] = feed.evaluate_recall(two_tower, data, embeddings, pool)
+        effect_net, photos = effects.train(effect_steps, 96, lambda f: progress("effects", f), seed)
+        progress("effects", 1.0)
+        report["effects"] = effects.evaluate(effect_net, photos)
         report["timings_s"]["train"] = time.perf_counter() - start
 
         modules, held_out = _export_feed(out, data, ranker, two_tower, embeddings, pool)
+        effects_dir = out / "effects_cartoon"
+        images = np.concatenate([effects.to_chw(img) for img in photos.values()])
+        export(
+            effect_net,
+            {"image": images},
+            ["stylized"],
+            effects_dir / "1" / "model.onnx",
+            dynamic={
+                "image": {0: "batch", 2: "height", 3: "width"},
+                "stylized": {0: "batch", 2: "height", 3: "width"},
+            },
+        )
+        (effects_dir / "config.pbtxt").write_text(EFFECTS_CONFIG)
+        effects.before_after(effect_net, photos, effects_dir / "before_after.png")
+        modules["effects_cartoon"] = effect_net
+        held_out["effects_cartoon"] = {"image": images}
         report["parity_max_abs_diff"] = {
             name: parity(modules[name], out / name / "1" / "model.onnx", held_out[name])
             for name in modules

@@ -40,5 +40,10 @@ def build_cmd(
     r = report["recall"]
     pool = r["popularity_pool_recall_at_100"]
     typer.echo(f"recall@100 {r['recall_at_100']:.3f}  (popularity pool {pool:.3f})")
+    for photo, fig in report["effects"].items():
+        typer.echo(
+            f"effects on held-out '{photo}': PSNR {fig['psnr_db']:.1f} dB "
+            f"(input {fig['input_psnr_db']:.1f} dB), SSIM {fig['ssim']:.3f}"
+        )
     typer.echo(f"parity (max abs diff) {report['parity_max_abs_diff']}")
     typer.echo(f"wrote {out} in {report['timings_s']['total']:.0f}s")

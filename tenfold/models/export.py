@@ -10,11 +10,16 @@ import torch
 
 
 def export(
-    module: torch.nn.Module, inputs: dict[str, np.ndarray], outputs: list[str], path: Path
+    module: torch.nn.Module,
+    inputs: dict[str, np.ndarray],
+    outputs: list[str],
+    path: Path,
+    dynamic: dict[str, dict[int, str]] | None = None,
 ) -> None:
+    """Export with a dynamic batch dimension (or the axes given in ``dynamic``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     args = tuple(torch.as_tensor(v) for v in inputs.values())
-    axes = {name: {0: "batch"} for name in [*inputs, *outputs]}
+    axes = dynamic or {name: {0: "batch"} for name in [*inputs, *outputs]}
     torch.onnx.export(
         module,
         args,

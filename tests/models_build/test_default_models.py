@@ -9,6 +9,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="the default models need the torch extra")
 
 import tritonclient.grpc as tgrpc  # noqa: E402
+from tritonclient.utils import np_to_triton_dtype  # noqa: E402
 
 from inference.process import start_pod  # noqa: E402
 from tenfold.models.build import build  # noqa: E402
@@ -35,6 +36,25 @@ def test_recall_beats_the_popularity_pool(built):
     assert recall["recall_at_100"] > 2 * recall["popularity_pool_recall_at_100"], recall
 
 
+def test_effects_cnn_learned_the_effect(built):
+    out, result = built
+    for photo, figures in result.report["effects"].items():
+        # on photos it never saw, the CNN's output is nearer the hand-written effect
+        # than the photo itself is
+        assert figures["psnr_db"] > figures["input_psnr_db"] + 0.5, (photo, figures)
+    assert (out / "effects_cartoon" / "before_after.png").stat().st_size > 10_000
+
+
+def test_parity_recorded_and_tight(built):
+    _, result = built
+    assert set(result.report["parity_max_abs_diff"]) == {
+        "feed_user_tower",
+        "feed_ranker",
+        "effects_cartoon",
+    }
+    assert max(result.report["parity_max_abs_diff"].values()) <= 1e-4
+
+
 def test_assets_have_the_documented_format(built):
     out, result = built
     embeddings = np.load(out / "feed_user_tower" / "item_embeddings.npy")
@@ -55,7 +75,7 @@ def test_pod_serves_the_build_with_pytorch_outputs(built):
             rows = {k: v[:40] for k, v in inputs.items()}
             infer_inputs = []
             for name, value in rows.items():
-                item = tgrpc.InferInput(name, list(value.shape), "INT64")
+                item = tgrpc.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
                 item.set_data_from_numpy(value)
                 infer_inputs.append(item)
             answer = client.infer(model, infer_inputs)
