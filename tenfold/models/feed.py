@@ -58,33 +58,39 @@ def _batches(n: int, size: int, rng) -> list[np.ndarray]:
     return [order[i : i + size] for i in range(0, n, size)]
 
 
+def _fit(model, opt, batches, loss_of, progress: Progress, name: str):
+    """One optimiser step per batch of row indices; ``loss_of(idx)`` gives the loss."""
+    model.train()
+    for step, idx in enumerate(batches):
+        loss = loss_of(torch.as_tensor(idx))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 20 == 0:
+            progress(name, step / len(batches))
+    model.eval()
+    return model
+
+
 def train_ranker(data: FeedData, epochs: int, progress: Progress, seed: int = 0) -> MMoERanker:
     torch.manual_seed(seed)
     cfg = data.cfg
     model = MMoERanker(cfg.users, cfg.items, cfg.topics, cfg.creators, data.tables())
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     logs = data.train
-    ctx = torch.as_tensor(data.user_ctx(logs))
-    hist = torch.as_tensor(logs.history)
-    item = torch.as_tensor(logs.item[:, None] + 1)
+    ctx, hist, item = (torch.as_tensor(v) for v in ranker_inputs(data, logs).values())
     labels = torch.as_tensor(np.stack([logs.finish, logs.like, logs.share, logs.watch], 1))
     rng = np.random.default_rng(seed)
     batches = [b for _ in range(epochs) for b in _batches(len(logs), 1024, rng)]
-    model.train()
-    for step, idx in enumerate(batches):
-        idx = torch.as_tensor(idx)
+
+    def loss_of(idx):
         outs = model(ctx[idx], hist[idx], item[idx])
-        loss = sum(
+        return sum(
             torch.nn.functional.binary_cross_entropy(o[:, 0], labels[idx, k])
             for k, o in enumerate(outs)
         )
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % 20 == 0:
-            progress("ranker", step / len(batches))
-    model.eval()
-    return model
+
+    return _fit(model, opt, batches, loss_of, progress, "ranker")
 
 
 def ranker_inputs(data: FeedData, logs: Logs) -> dict[str, np.ndarray]:
@@ -131,22 +137,16 @@ def train_two_tower(data: FeedData, epochs: int, progress: Progress, seed: int =
     log_q = torch.as_tensor(np.log(freq / freq.sum()), dtype=torch.float32)
     rng = np.random.default_rng(seed)
     batches = [b for _ in range(epochs) for b in _batches(len(keep), 256, rng)]
-    model.train()
-    for step, idx in enumerate(batches):
-        idx = torch.as_tensor(idx)
+
+    def loss_of(idx):
         u = model.user_vec(ctx[idx], hist[idx])
         v = model.item_vec(items[idx])
         logits = u @ v.T / 0.05 - LOGQ_WEIGHT * log_q[items[idx] - 1][None, :]
         same = items[idx][:, None] == items[idx][None, :]
         logits = logits.masked_fill(same & ~torch.eye(len(idx), dtype=torch.bool), -1e9)
-        loss = torch.nn.functional.cross_entropy(logits, torch.arange(len(idx)))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % 20 == 0:
-            progress("recall", step / len(batches))
-    model.eval()
-    return model
+        return torch.nn.functional.cross_entropy(logits, torch.arange(len(idx)))
+
+    return _fit(model, opt, batches, loss_of, progress, "recall")
 
 
 def item_embeddings(model: TwoTower, n_items: int) -> np.ndarray:
