@@ -177,6 +177,9 @@ def _export_feed(out, data, ranker, two_tower, embeddings, pool):
     )
     np.save(tower_dir / "item_embeddings.npy", embeddings)
     np.save(tower_dir / "cold_start_pool.npy", pool)
+    np.save(tower_dir / "item_creator.npy", data.world.item_creator.astype(np.int64))
+    manifest = {"users": data.cfg.users, "items": data.cfg.items, "history": HISTORY}
+    (tower_dir / "feed_assets.json").write_text(json.dumps(manifest, indent=2))
     ranker_inputs = feed.ranker_inputs(data, held_out)
     ranker_dir = out / "feed_ranker"
     export(ranker, ranker_inputs, list(MMoERanker.HEADS), ranker_dir / "1" / "model.onnx")

@@ -34,7 +34,8 @@ class FeedData:
     world: World
     train: Logs
     test: Logs
-    item_dense: np.ndarray  # [items, 2] age/30, log popularity (from training logs)
+    #: [items, 3] age/30, log popularity, smoothed finish rate (from training logs)
+    item_dense: np.ndarray
     item_positives: np.ndarray  # positives per item in training logs
 
     @classmethod
@@ -43,7 +44,9 @@ class FeedData:
         train, test = logs.take(np.arange(cut)), logs.take(np.arange(cut, len(logs)))
         shown = np.bincount(train.item, minlength=cfg.items)
         positives = np.bincount(train.item, weights=train.finish, minlength=cfg.items)
-        dense = np.stack([world.item_age / 30.0, np.log1p(shown) / np.log1p(shown.max())], 1)
+        finish_rate = (positives + 1.0) / (shown + 4.0)  # smoothed towards 1/4
+        popularity = np.log1p(shown) / np.log1p(shown.max())
+        dense = np.stack([world.item_age / 30.0, popularity, finish_rate], 1)
         return cls(cfg, world, train, test, dense.astype(np.float32), positives)
 
     def tables(self) -> ItemTables:
@@ -72,11 +75,33 @@ def _fit(model, opt, batches, loss_of, progress: Progress, name: str):
     return model
 
 
+class _SplitAdam:
+    """Adam for dense parameters, SparseAdam for embeddings with sparse gradients."""
+
+    def __init__(self, model: torch.nn.Module, lr: float) -> None:
+        sparse = {
+            id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding) and m.sparse
+        }
+        params = list(model.parameters())
+        self.opts = [
+            torch.optim.Adam([p for p in params if id(p) not in sparse], lr=lr),
+            torch.optim.SparseAdam([p for p in params if id(p) in sparse], lr=lr),
+        ]
+
+    def zero_grad(self) -> None:
+        for opt in self.opts:
+            opt.zero_grad()
+
+    def step(self) -> None:
+        for opt in self.opts:
+            opt.step()
+
+
 def train_ranker(data: FeedData, epochs: int, progress: Progress, seed: int = 0) -> MMoERanker:
     torch.manual_seed(seed)
     cfg = data.cfg
     model = MMoERanker(cfg.users, cfg.items, cfg.topics, cfg.creators, data.tables())
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    opt = _SplitAdam(model, lr=2e-3)
     logs = data.train
     ctx, hist, item = (torch.as_tensor(v) for v in ranker_inputs(data, logs).values())
     labels = torch.as_tensor(np.stack([logs.finish, logs.like, logs.share, logs.watch], 1))
@@ -126,7 +151,7 @@ def train_two_tower(data: FeedData, epochs: int, progress: Progress, seed: int =
     torch.manual_seed(seed)
     cfg = data.cfg
     model = TwoTower(cfg.users, cfg.items, cfg.topics, cfg.creators, data.tables())
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    opt = _SplitAdam(model, lr=3e-3)
     logs = data.train
     keep = np.flatnonzero(logs.finish > 0)
     ctx = torch.as_tensor(data.user_ctx(logs)[keep])

@@ -26,24 +26,37 @@ class ItemTables(nn.Module):
 
 
 class UserEncoder(nn.Module):
-    """Embeds user id, pooled history and context into one vector."""
+    """Embeds user id, pooled history (item ids and their topics) and context."""
 
-    def __init__(self, n_users: int, item_emb: nn.Embedding, dim: int = 16) -> None:
+    def __init__(
+        self,
+        n_users: int,
+        item_emb: nn.Embedding,
+        topic_emb: nn.Embedding,
+        tables: ItemTables,
+        dim: int = 16,
+        sparse: bool = False,
+    ) -> None:
         super().__init__()
-        self.user = nn.Embedding(n_users + 1, dim)
+        self.user = nn.Embedding(n_users + 1, dim, sparse=sparse)
         self.item_emb = item_emb
+        self.topic_emb = topic_emb
+        self.tables = tables
         self.hour = nn.Embedding(N_HOURS, 4)
         self.device = nn.Embedding(N_DEVICES, 2)
         self.network = nn.Embedding(N_NETWORKS, 2)
-        self.out_dim = dim + item_emb.embedding_dim + 8
+        self.out_dim = dim + item_emb.embedding_dim + topic_emb.embedding_dim + 8
 
     def forward(self, user_ctx: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
         mask = (history > 0).float().unsqueeze(-1)
-        pooled = (self.item_emb(history) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        count = mask.sum(1).clamp(min=1.0)
+        pooled = (self.item_emb(history) * mask).sum(1) / count
+        topics = (self.topic_emb(self.tables.topic[history]) * mask).sum(1) / count
         return torch.cat(
             [
                 self.user(user_ctx[:, 0]),
                 pooled,
+                topics,
                 self.hour(user_ctx[:, 1]),
                 self.device(user_ctx[:, 2]),
                 self.network(user_ctx[:, 3]),
@@ -65,13 +78,14 @@ class TwoTower(nn.Module):
     def __init__(self, n_users, n_items, n_topics, n_creators, tables: ItemTables, dim=32):
         super().__init__()
         self.tables = tables
-        self.item_id = nn.Embedding(n_items + 1, 32, padding_idx=0)
-        self.hist_emb = nn.Embedding(n_items + 1, 16, padding_idx=0)
+        # the id tables are large and each batch touches few rows: sparse gradients
+        self.item_id = nn.Embedding(n_items + 1, 32, padding_idx=0, sparse=True)
+        self.hist_emb = nn.Embedding(n_items + 1, 16, padding_idx=0, sparse=True)
         self.topic = nn.Embedding(n_topics, 8)
         self.creator = nn.Embedding(n_creators + 1, 8)
-        self.users = UserEncoder(n_users, self.hist_emb)
+        self.users = UserEncoder(n_users, self.hist_emb, self.topic, tables, sparse=True)
         self.user_mlp = mlp([self.users.out_dim, 64, dim])
-        self.item_mlp = mlp([32 + 8 + 8 + 2, 64, dim])
+        self.item_mlp = mlp([32 + 8 + 8 + tables.dense.shape[1], 64, dim])
 
     def user_vec(self, user_ctx, history):
         return nn.functional.normalize(self.user_mlp(self.users(user_ctx, history)), dim=1)
@@ -118,11 +132,11 @@ class MMoERanker(nn.Module):
     ) -> None:
         super().__init__()
         self.tables = tables
-        self.item = nn.Embedding(n_items + 1, 16, padding_idx=0)
+        self.item = nn.Embedding(n_items + 1, 16, padding_idx=0, sparse=True)
         self.topic = nn.Embedding(n_topics, 8)
         self.creator = nn.Embedding(n_creators + 1, 8)
-        self.users = UserEncoder(n_users, self.item)
-        d = self.users.out_dim + 16 + 8 + 8 + 2 + 1
+        self.users = UserEncoder(n_users, self.item, self.topic, tables, sparse=True)
+        d = self.users.out_dim + 16 + 8 + 8 + tables.dense.shape[1] + 1
         self.experts = nn.ModuleList(
             mlp([d, 128, expert_dim], last_act=True) for _ in range(experts)
         )
