@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from gateway.cli import app as gateway_app
 from inference.cli import app as inference_app
 from tenfold.models.cli import app as models_app
 
@@ -13,6 +14,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(inference_app, name="inference")
+app.add_typer(gateway_app, name="gateway")
 app.add_typer(models_app, name="models")
 
 

@@ -86,3 +86,44 @@ class InternalError(TenfoldError):
 
     def __init__(self, message: str = "internal error") -> None:
         super().__init__(message)
+
+
+class NotFound(TenfoldError):
+    """No such route or resource, e.g. an unknown effect (404 / NOT_FOUND)."""
+
+    http_status = 404
+    grpc_code = grpc.StatusCode.NOT_FOUND
+
+
+class Unauthenticated(TenfoldError):
+    """No API key, or one we do not know (401 / UNAUTHENTICATED)."""
+
+    http_status = 401
+    grpc_code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(TenfoldError):
+    """A known key without access to this route (403 / PERMISSION_DENIED)."""
+
+    http_status = 403
+    grpc_code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class TooManyRequests(TenfoldError):
+    """Shed at the front door: admission control or a tenant's rate limit.
+
+    429 + Retry-After over HTTP, RESOURCE_EXHAUSTED over gRPC."""
+
+    http_status = 429
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class DeadlineExceeded(TenfoldError):
+    """The request's deadline passed before an answer (504 / DEADLINE_EXCEEDED)."""
+
+    http_status = 504
+    grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED

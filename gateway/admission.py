@@ -1,0 +1,69 @@
+"""Admission control: a cap on in-flight requests and a short bounded wait queue.
+
+Beyond the cap a request waits at most ``queue_timeout`` for a slot; when the queue is
+full or the wait runs out it is refused at once with ``TooManyRequests`` (429 +
+Retry-After / RESOURCE_EXHAUSTED), so overload is answered quickly instead of turning
+into timeouts for everyone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from inference.protocol.errors import TooManyRequests
+
+
+class Admission:
+    def __init__(self, max_inflight: int, max_queue: int, queue_timeout_s: float) -> None:
+        self.max_inflight = max_inflight
+        self.max_queue = max_queue
+        self.queue_timeout_s = queue_timeout_s
+        self.inflight = 0
+        self._waiters: collections.deque[asyncio.Future] = collections.deque()
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiters)
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        await self._acquire()
+        try:
+            yield
+        finally:
+            self._release()
+
+    async def _acquire(self) -> None:
+        if self.inflight < self.max_inflight and not self._waiters:
+            self.inflight += 1
+            return
+        if len(self._waiters) >= self.max_queue or self.queue_timeout_s <= 0:
+            raise TooManyRequests("gateway overloaded: too many requests in flight")
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), self.queue_timeout_s)
+        except TimeoutError:
+            if waiter.done() and not waiter.cancelled():
+                return  # the slot was handed over as the wait ran out: keep it
+            waiter.cancel()
+            raise TooManyRequests("gateway overloaded: no slot within the queue timeout") from None
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._release()
+            waiter.cancel()
+            raise
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+    def _release(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot passes to the waiter: inflight unchanged
+                return
+        self.inflight -= 1

@@ -1,0 +1,151 @@
+"""The gateway's gRPC adapter (grpc.aio): Feed, Effects and the KServe v2 pass-through,
+translation only, over GatewayCore."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+import grpc
+from pydantic import ValidationError
+
+from gateway.auth import key_from_headers
+from gateway.core import GatewayCore
+from gateway.feed import FeedBody
+from inference.protocol import kserve_grpc
+from inference.protocol.errors import InternalError, InvalidInput, TenfoldError
+from protos.kserve.v2 import grpc_service_pb2 as kpb
+from protos.tenfold.v1 import gateway_pb2 as pb
+from protos.tenfold.v1 import gateway_pb2_grpc as pb_grpc
+
+log = logging.getLogger("tenfold.gateway.grpc")
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: TenfoldError) -> None:
+    if exc.retry_after is not None:
+        context.set_trailing_metadata((("retry-after", str(max(1, round(exc.retry_after)))),))
+    await context.abort(exc.grpc_code, exc.message)
+
+
+@asynccontextmanager
+async def _admitted(core: GatewayCore, context, route: str, effect: str | None = None):
+    """Admit the call through the core and map every error once."""
+    metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+    remaining = context.time_remaining()
+    try:
+        async with core.admit(
+            route, key_from_headers(metadata), remaining, metadata.get("x-request-id"), effect
+        ) as call:
+            yield call
+    except TenfoldError as exc:
+        await _abort(context, exc)
+    except (grpc.aio.AbortError, grpc.aio.UsageError):
+        raise
+    except Exception:
+        log.exception("unhandled error in %s", route)
+        await _abort(context, InternalError())
+
+
+class FeedServicer(pb_grpc.FeedServicer):
+    def __init__(self, core: GatewayCore) -> None:
+        self.core = core
+
+    async def GetFeed(self, request: pb.FeedRequest, context) -> pb.FeedResponse:
+        async with _admitted(self.core, context, "feed") as call:
+            try:
+                ctx = request.context
+                body = FeedBody(
+                    user_id=request.user_id,
+                    count=request.count or 20,
+                    context={
+                        "hour": ctx.hour,
+                        "device": ctx.device or "android",
+                        "network": ctx.network or "wifi",
+                    },
+                    history=list(request.history),
+                    seen=list(request.seen),
+                )
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                raise InvalidInput(f"{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+            answer = await self.core.feed(body, call)
+            return pb.FeedResponse(
+                items=[
+                    pb.FeedItem(item_id=i.item_id, score=i.score, source=i.source)
+                    for i in answer.items
+                ],
+                model_version=answer.model_version,
+                experiment=answer.experiment,
+                request_id=answer.request_id,
+            )
+
+
+class EffectsServicer(pb_grpc.EffectsServicer):
+    def __init__(self, core: GatewayCore) -> None:
+        self.core = core
+
+    async def List(self, request, context) -> pb.ListEffectsResponse:
+        return pb.ListEffectsResponse(
+            effects=[pb.EffectInfo(**e) for e in self.core.effects.listing()]
+        )
+
+    async def Apply(self, request: pb.ApplyEffectRequest, context) -> pb.ApplyEffectResponse:
+        async with _admitted(self.core, context, "effects", request.effect) as call:
+            rendered = await self.core.apply_effect(
+                request.effect,
+                request.image,
+                request.size or None,
+                request.output_format or "jpeg",
+                call,
+            )
+            return pb.ApplyEffectResponse(
+                image=rendered.data,
+                content_type=rendered.content_type,
+                width=rendered.width,
+                height=rendered.height,
+                request_id=call.request_id,
+            )
+
+
+#: pass-through methods and how to find the model name in their request
+_BY_MODEL = {
+    "ModelInfer": (kpb.ModelInferRequest, "model_name"),
+    "ModelMetadata": (kpb.ModelMetadataRequest, "name"),
+    "ModelReady": (kpb.ModelReadyRequest, "name"),
+    "ModelConfig": (kpb.ModelConfigRequest, "name"),
+}
+
+
+def kserve_passthrough(core: GatewayCore) -> grpc.GenericRpcHandler:
+    """KServe v2 over gRPC: model methods go, bytes unchanged, to the model's pool;
+    server health and metadata are answered by the gateway."""
+
+    def forward(method: str, request_type, field: str):
+        path = kserve_grpc.method_path(method)
+
+        async def handler(raw: bytes, context) -> bytes:
+            try:
+                model = getattr(request_type.FromString(raw), field)
+            except Exception:
+                await _abort(context, InvalidInput("request: not a valid protobuf message"))
+            async with _admitted(core, context, "infer") as call:
+                return await core.infer_raw(model, path, raw, call)
+
+        return grpc.unary_unary_rpc_method_handler(handler)
+
+    async def live(raw: bytes, context) -> bytes:
+        return kpb.ServerLiveResponse(live=True).SerializeToString()
+
+    async def ready(raw: bytes, context) -> bytes:
+        return kpb.ServerReadyResponse(ready=core.is_ready()).SerializeToString()
+
+    async def metadata(raw: bytes, context) -> bytes:
+        return kpb.ServerMetadataResponse(
+            name="tenfold-gateway", version="0.1.0"
+        ).SerializeToString()
+
+    handlers = {m: forward(m, t, f) for m, (t, f) in _BY_MODEL.items()}
+    handlers["ServerLive"] = grpc.unary_unary_rpc_method_handler(live)
+    handlers["ServerReady"] = grpc.unary_unary_rpc_method_handler(ready)
+    handlers["ServerMetadata"] = grpc.unary_unary_rpc_method_handler(metadata)
+    return grpc.method_handlers_generic_handler(kserve_grpc.SERVICE_NAME, handlers)

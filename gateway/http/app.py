@@ -1,0 +1,234 @@
+"""The gateway's HTTP adapter (aiohttp + orjson): translation only, over GatewayCore."""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from gateway.auth import key_from_headers
+from gateway.core import GatewayCore
+from gateway.feed import FeedBody
+from gateway.http.openapi import document
+from inference.protocol.errors import (
+    InternalError,
+    InvalidInput,
+    PayloadTooLarge,
+    TenfoldError,
+    UnsupportedMediaType,
+)
+
+log = logging.getLogger("tenfold.gateway.http")
+CORE = web.AppKey("core", GatewayCore)
+TIMEOUT_HEADER = "x-request-timeout-ms"
+IMAGE_TYPES = ("image/jpeg", "image/png")
+
+
+def json_response(doc, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(doc), status=status, content_type="application/json")
+
+
+def error_response(exc: TenfoldError) -> web.Response:
+    response = json_response({"error": exc.message}, exc.http_status)
+    if exc.retry_after is not None:
+        response.headers["Retry-After"] = str(max(1, round(exc.retry_after + 0.49)))
+    return response
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except TenfoldError as exc:
+        return error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status >= 400:
+            return json_response({"error": exc.reason}, exc.status)
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(InternalError())
+
+
+def _core(request: web.Request) -> GatewayCore:
+    return request.app[CORE]
+
+
+def _timeout_s(request: web.Request) -> float | None:
+    raw = request.headers.get(TIMEOUT_HEADER)
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidInput(f"{TIMEOUT_HEADER}: {raw!r} is not a number") from None
+    if not value > 0:
+        raise InvalidInput(f"{TIMEOUT_HEADER}: must be positive")
+    return value / 1000
+
+
+async def _body(request: web.Request) -> bytes:
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge(
+            f"body: larger than {request.app[CORE].settings.max_body_bytes} bytes"
+        ) from None
+
+
+def _validate(model: type[BaseModel], raw: bytes) -> BaseModel:
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"body: malformed JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise InvalidInput("body: must be a JSON object")
+    try:
+        return model.model_validate(doc)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise InvalidInput(problems) from None
+
+
+def _admit(request: web.Request, route: str, effect: str | None = None):
+    return _core(request).admit(
+        route,
+        key_from_headers(request.headers),
+        _timeout_s(request),
+        request.headers.get("x-request-id"),
+        effect,
+    )
+
+
+async def feed(request: web.Request) -> web.Response:
+    async with _admit(request, "feed") as call:
+        if request.content_type not in ("application/json", "application/octet-stream"):
+            raise UnsupportedMediaType(
+                f"content-type: {request.content_type!r}; send application/json"
+            )
+        body = _validate(FeedBody, await _body(request))
+        answer = await _core(request).feed(body, call)
+        response = web.Response(
+            body=answer.__pydantic_serializer__.to_json(answer), content_type="application/json"
+        )
+        if answer.experiment:
+            response.headers["x-experiment"] = answer.experiment
+        return response
+
+
+async def list_effects(request: web.Request) -> web.Response:
+    return json_response({"effects": _core(request).effects.listing()})
+
+
+def _size(request: web.Request) -> int | None:
+    raw = request.query.get("size")
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise InvalidInput(f"size: {raw!r} is not an integer") from None
+
+
+def _format(request: web.Request) -> str:
+    accept = request.headers.get("Accept", "")
+    if "image/png" in accept and "image/jpeg" not in accept:
+        return "png"
+    return "jpeg"
+
+
+async def apply_effect(request: web.Request) -> web.Response:
+    name = request.match_info["effect"]
+    async with _admit(request, "effects", effect=name) as call:
+        core = _core(request)
+        core.effects.effect(name)  # unknown effect: 404 before reading the body
+        if request.content_type not in IMAGE_TYPES:
+            raise UnsupportedMediaType(
+                f"content-type: {request.content_type!r}; send image/jpeg or image/png"
+            )
+        data = await _body(request)
+        rendered = await core.apply_effect(name, data, _size(request), _format(request), call)
+        return web.Response(
+            body=rendered.data,
+            content_type=rendered.content_type,
+            headers={"x-request-id": call.request_id},
+        )
+
+
+def _pass_through(route_has_body: bool):
+    async def handler(request: web.Request) -> web.Response:
+        model = request.match_info["model"]
+        async with _admit(request, "infer") as call:
+            body = await _body(request) if route_has_body else b""
+            headers = {
+                k: v
+                for k, v in request.headers.items()
+                if k.lower() in ("content-type", "inference-header-content-length")
+            }
+            status, kept, data = await _core(request).http_passthrough(
+                model, request.method, request.path_qs, body, headers, call
+            )
+            return web.Response(body=data, status=status, headers=kept)
+
+    return handler
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"live": True})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    core = _core(request)
+    ok = core.is_ready()
+    return json_response({"ready": ok, "pools": core.ready()}, 200 if ok else 503)
+
+
+async def v2_live(request: web.Request) -> web.Response:
+    return json_response({"live": True})
+
+
+async def v2_ready(request: web.Request) -> web.Response:
+    ok = _core(request).is_ready()
+    return json_response({"ready": ok}, 200 if ok else 503)
+
+
+async def v2_metadata(request: web.Request) -> web.Response:
+    return json_response({"name": "tenfold-gateway", "version": "0.1.0", "extensions": []})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = _core(request).metrics.render()
+    return web.Response(body=body, content_type="text/plain", charset="utf-8")
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return json_response(document())
+
+
+def create_app(core: GatewayCore) -> web.Application:
+    app = web.Application(
+        middlewares=[errors_middleware], client_max_size=core.settings.max_body_bytes
+    )
+    app[CORE] = core
+    r = app.router
+    r.add_post("/v1/feed", feed)
+    r.add_get("/v1/effects", list_effects)
+    r.add_post("/v1/effects/{effect}", apply_effect)
+    for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+        r.add_post(prefix + "/infer", _pass_through(True))
+        r.add_get(prefix, _pass_through(False))
+        r.add_get(prefix + "/ready", _pass_through(False))
+        r.add_get(prefix + "/config", _pass_through(False))
+    r.add_get("/v2", v2_metadata)
+    r.add_get("/v2/health/live", v2_live)
+    r.add_get("/v2/health/ready", v2_ready)
+    r.add_get("/healthz", healthz)
+    r.add_get("/readyz", readyz)
+    r.add_get("/metrics", metrics)
+    r.add_get("/openapi.json", openapi)
+    return app

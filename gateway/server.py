@@ -1,0 +1,158 @@
+"""Wiring and lifecycle of one gateway worker: build everything in one place, start
+the HTTP and gRPC listeners, check pool health in the background, drain on stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass
+
+import aiohttp
+import grpc
+from aiohttp import web
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from gateway.balancer import EjectionPolicy
+from gateway.core import CoreDeps, GatewayCore
+from gateway.effects import EffectsPipeline
+from gateway.feed import FeedAssets, FeedPipeline
+from gateway.grpc.servicer import EffectsServicer, FeedServicer, kserve_passthrough
+from gateway.http.app import create_app
+from gateway.metrics import GatewayMetrics
+from gateway.pools import Pool, PoolDeps, PoolRegistry
+from gateway.settings import GatewaySettings
+from inference.protocol import kserve_grpc
+from protos.tenfold.v1 import gateway_pb2, gateway_pb2_grpc
+
+log = logging.getLogger("tenfold.gateway")
+HEALTH_INTERVAL_S = 1.0
+_SERVICES = ("tenfold.v1.Feed", "tenfold.v1.Effects", kserve_grpc.SERVICE_NAME)
+
+
+@dataclass(frozen=True)
+class BoundPorts:
+    http: int
+    grpc: int
+
+
+def build_core(settings: GatewaySettings, metrics: GatewayMetrics | None = None) -> GatewayCore:
+    """Everything the core needs, built from settings (the one wiring place)."""
+    metrics = metrics or GatewayMetrics()
+    deps = PoolDeps(
+        metrics=metrics,
+        clock=time.monotonic,
+        rng=random.Random(),
+        policy=EjectionPolicy(
+            settings.eject_after_failures, settings.eject_base_s, settings.eject_max_s
+        ),
+        budget_ratio=settings.retry_budget_ratio,
+        budget_min_per_s=settings.retry_budget_min_per_s,
+        hedge_after_s=settings.hedge_after_ms / 1000 if settings.hedge_after_ms else None,
+    )
+    pools = PoolRegistry({n: Pool(n, p.endpoints, deps) for n, p in settings.pools.items()})
+    feed = None
+    if settings.feed.assets_dir is not None and settings.feed_pool in pools.pools:
+        assets = FeedAssets.load(settings.feed.assets_dir)
+        feed = FeedPipeline(settings.feed, assets, pools.pools[settings.feed_pool])
+    effects_pool = pools.pools.get(settings.effects_pool)
+    effects = EffectsPipeline(settings.effects, effects_pool, settings.max_image_pixels)
+    return GatewayCore(CoreDeps(settings, pools, feed, effects, metrics))
+
+
+class GatewayServer:
+    def __init__(self, settings: GatewaySettings, core: GatewayCore) -> None:
+        self.settings = settings
+        self.core = core
+        self._runner: web.AppRunner | None = None
+        self._grpc: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self._checker: asyncio.Task | None = None
+        self.ports: BoundPorts | None = None
+
+    @property
+    def host(self) -> str:
+        return "127.0.0.1" if self.settings.loopback_only else self.settings.host
+
+    async def start(self) -> BoundPorts:
+        s = self.settings
+        reuse = s.workers > 1
+        self.core.pools.http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True)
+        )
+        self._runner = web.AppRunner(
+            create_app(self.core), access_log=None, shutdown_timeout=s.drain_timeout_s
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, s.port, reuse_port=reuse, backlog=2048)
+        await site.start()
+        http_port = self._runner.addresses[0][1]
+
+        options = [
+            ("grpc.so_reuseport", 1 if reuse else 0),
+            ("grpc.max_receive_message_length", s.max_body_bytes),
+            ("grpc.max_send_message_length", -1),
+        ]
+        self._grpc = grpc.aio.server(options=options)
+        gateway_pb2_grpc.add_FeedServicer_to_server(FeedServicer(self.core), self._grpc)
+        gateway_pb2_grpc.add_EffectsServicer_to_server(EffectsServicer(self.core), self._grpc)
+        self._grpc.add_generic_rpc_handlers([kserve_passthrough(self.core)])
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
+        names = [
+            gateway_pb2.DESCRIPTOR.services_by_name["Feed"].full_name,
+            gateway_pb2.DESCRIPTOR.services_by_name["Effects"].full_name,
+            health.SERVICE_NAME,
+            reflection.SERVICE_NAME,
+        ]
+        reflection.enable_server_reflection(names, self._grpc)
+        grpc_port = self._grpc.add_insecure_port(f"{self.host}:{s.grpc_port}")
+        if grpc_port == 0:
+            raise OSError(f"cannot listen on {self.host}:{s.grpc_port} (gRPC)")
+        await self._grpc.start()
+        await self.core.pools.check_health()
+        await self._set_health()
+        self._checker = asyncio.create_task(self._check_loop())
+        self.ports = BoundPorts(http_port, grpc_port)
+        return self.ports
+
+    async def _set_health(self) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if self.core.is_ready()
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *_SERVICES):
+            await self._health.set(name, status)
+
+    async def _check_loop(self) -> None:
+        while True:
+            await asyncio.sleep(HEALTH_INTERVAL_S)
+            try:
+                await self.core.pools.check_health()
+                await self._set_health()
+            except Exception:  # never let the checker die
+                log.exception("pool health check failed")
+
+    async def drain(self) -> None:
+        """Not ready, stop accepting, let in-flight requests finish (bounded), close."""
+        timeout = self.settings.drain_timeout_s
+        self.core.draining = True
+        await self._health.enter_graceful_shutdown()
+        steps = []
+        if self._grpc is not None:
+            steps.append(self._grpc.stop(grace=timeout))
+        if self._runner is not None:
+            steps.append(self._runner.cleanup())
+        await asyncio.gather(*steps)
+        await self.close()
+
+    async def close(self) -> None:
+        if self._checker is not None:
+            self._checker.cancel()
+        if self._grpc is not None:
+            await self._grpc.stop(grace=None)
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.core.pools.close()

@@ -1,0 +1,148 @@
+"""Gateway settings: ``TENFOLD_GATEWAY_*`` env, a YAML ``--config`` file and flags.
+
+Pools, tenants and experiments are nested mappings; they are normally set in the YAML
+file (see ``docs/gateway.md``). Nothing is read at import time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ROUTES = ("feed", "effects", "infer")
+
+
+class EndpointSettings(BaseModel):
+    grpc: str = Field(description="host:port of the endpoint's KServe v2 gRPC server")
+    http: str | None = Field(
+        None, description="host:port of its KServe v2 HTTP server (HTTP pass-through only)"
+    )
+
+
+class PoolSettings(BaseModel):
+    endpoints: list[EndpointSettings] = Field(description="the pool's endpoints")
+    models: list[str] = Field(
+        default_factory=list, description="models served by this pool (for pass-through)"
+    )
+
+
+class FeedSettings(BaseModel):
+    user_tower_model: str = Field("feed_user_tower", description="user tower model name")
+    ranker_model: str = Field("feed_ranker", description="ranker model name")
+    ranker_version: str = Field("", description="ranker version ('' = the pod's latest)")
+    assets_dir: Path | None = Field(
+        None,
+        description="directory with item_embeddings.npy, cold_start_pool.npy and "
+        "item_creator.npy (the user tower's folder in the model repository)",
+    )
+    recall_candidates: int = Field(400, ge=1, description="nearest neighbours to retrieve")
+    cold_start_candidates: int = Field(100, ge=0, description="pool items mixed in")
+    max_per_creator: int = Field(2, ge=1, description="at most this many items per creator")
+    weights: dict[str, float] = Field(
+        default_factory=lambda: {"p_finish": 1.0, "p_like": 2.0, "p_share": 4.0, "watch": 1.0},
+        description="final score = sum of weight x head output",
+    )
+    devices: list[str] = Field(
+        default_factory=lambda: ["android", "ios", "web"], description="device names by index"
+    )
+    networks: list[str] = Field(
+        default_factory=lambda: ["wifi", "5g", "4g"], description="network names by index"
+    )
+    known_users: int = Field(
+        0, ge=0, description="user ids 0..known_users-1 have embeddings (0 = all ints)"
+    )
+    deadline_ms: float = Field(500, gt=0, description="default deadline of a feed request")
+
+
+class EffectSettings(BaseModel):
+    model: str = Field(description="the model that renders the effect")
+    sizes: list[int] = Field(default_factory=lambda: [256, 512], description="square sizes")
+    deadline_ms: float = Field(5000, gt=0, description="default deadline of an effect request")
+
+    @field_validator("sizes")
+    @classmethod
+    def _sizes(cls, sizes: list[int]) -> list[int]:
+        if not sizes or any(s < 16 or s % 4 for s in sizes):
+            raise ValueError("sizes must be a non-empty list of multiples of 4, at least 16")
+        return sizes
+
+
+class TenantSettings(BaseModel):
+    name: str
+    key_sha256: str = Field(description="hex SHA-256 of the tenant's API key")
+    routes: list[str] = Field(default_factory=lambda: list(ROUTES), description="allowed routes")
+    rate_per_s: float = Field(0, ge=0, description="token-bucket rate (0 = unlimited)")
+    burst: float = Field(0, ge=0, description="bucket size (0 = one second of rate)")
+
+    @field_validator("key_sha256")
+    @classmethod
+    def _hex(cls, value: str) -> str:
+        value = value.lower()
+        if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+            raise ValueError("must be 64 hex digits (sha256 of the key)")
+        return value
+
+    @field_validator("routes")
+    @classmethod
+    def _routes(cls, routes: list[str]) -> list[str]:
+        unknown = sorted(set(routes) - set(ROUTES))
+        if unknown:
+            raise ValueError(f"unknown routes {unknown}; known: {list(ROUTES)}")
+        return routes
+
+
+class ExperimentSettings(BaseModel):
+    name: str
+    percent: float = Field(ge=0, le=100, description="share of users in the variant arm")
+    ranker_model: str | None = Field(None, description="variant ranker model name")
+    ranker_version: str | None = Field(None, description="variant ranker version")
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TENFOLD_GATEWAY_", extra="forbid")
+
+    host: str = Field("0.0.0.0", description="bind address (forced to loopback without keys)")
+    port: int = Field(8080, ge=0, le=65535, description="HTTP port (0 = any free port)")
+    grpc_port: int = Field(8081, ge=0, le=65535, description="gRPC port (0 = any free port)")
+    workers: int = Field(1, ge=1, le=64, description="worker processes sharing the ports")
+    pools: dict[str, PoolSettings] = Field(default_factory=dict, description="inference pools")
+    feed: FeedSettings = Field(default_factory=FeedSettings, description="feed pipeline")
+    feed_pool: str = Field("default", description="pool serving the feed models")
+    effects: dict[str, EffectSettings] = Field(
+        default_factory=lambda: {"cartoon": EffectSettings(model="effects_cartoon")},
+        description="effect name -> model and sizes",
+    )
+    effects_pool: str = Field("default", description="pool serving the effect models")
+    max_body_bytes: int = Field(8 << 20, ge=1024, description="largest request body")
+    max_image_pixels: int = Field(
+        25_000_000, ge=1024, description="largest decoded image (width x height)"
+    )
+    max_inflight: int = Field(256, ge=1, description="requests in flight per worker")
+    max_queue: int = Field(128, ge=0, description="requests waiting for a slot per worker")
+    queue_timeout_ms: float = Field(50, ge=0, description="longest wait for a slot")
+    infer_deadline_ms: float = Field(2000, gt=0, description="default pass-through deadline")
+    retry_budget_ratio: float = Field(0.2, ge=0, le=1, description="retries per request")
+    retry_budget_min_per_s: float = Field(5, ge=0, description="retries always allowed per s")
+    hedge_after_ms: float | None = Field(None, gt=0, description="hedge after this delay")
+    eject_after_failures: int = Field(3, ge=1, description="consecutive failures to eject")
+    eject_base_s: float = Field(2.0, gt=0, description="first ejection period")
+    eject_max_s: float = Field(30.0, gt=0, description="longest ejection period")
+    tenants: list[TenantSettings] = Field(default_factory=list, description="API keys")
+    experiments: list[ExperimentSettings] = Field(default_factory=list, description="A/B tests")
+    drain_timeout_s: float = Field(10, ge=0, description="longest wait for in-flight on stop")
+
+    @model_validator(mode="after")
+    def _pools_exist(self) -> GatewaySettings:
+        for field in ("feed_pool", "effects_pool"):
+            name = getattr(self, field)
+            if self.pools and name not in self.pools:
+                raise ValueError(f"{field}: no pool named {name!r} (pools: {sorted(self.pools)})")
+        if sum(e.percent for e in self.experiments) > 100:
+            raise ValueError("experiments: percentages add up to more than 100")
+        return self
+
+    @property
+    def loopback_only(self) -> bool:
+        return not self.tenants
