@@ -6,6 +6,7 @@ TENFOLD := $(VENV)/bin/tenfold
 STAMP := $(VENV)/.installed
 REPO ?= var/model-repository
 PYTEST_ARGS ?=
+PODS ?= 1
 
 .PHONY: install run test lint protos bench-pod clean
 
@@ -18,15 +19,11 @@ $(STAMP): pyproject.toml setup.py $(wildcard protos/*/*/*.proto protos/*/*.proto
 install: $(STAMP)
 
 # the default models, trained from the seeded simulation (a few minutes, once)
-$(REPO)/build_report.json: | $(STAMP)
+$(REPO)/feed_user_tower/feed_assets.json: | $(STAMP)
 	$(TENFOLD) models build --out $(REPO)
 
-run: $(STAMP) $(REPO)/build_report.json
-	@echo "Serving $(REPO) on 127.0.0.1 (Ctrl-C or SIGTERM drains and stops). Try, from another shell:"
-	@echo "  curl -s localhost:8000/v2/models/feed_ranker"
-	@echo "  curl -s -X POST localhost:8000/v2/models/feed_ranker/infer -d '{\"inputs\":[{\"name\":\"user_ctx\",\"datatype\":\"INT64\",\"shape\":[2,4],\"data\":[8,20,1,0,8,20,1,0]},{\"name\":\"history\",\"datatype\":\"INT64\",\"shape\":[2,20],\"data\":[$$(python3 -c 'print(",".join(["0"]*40))')]},{\"name\":\"item\",\"datatype\":\"INT64\",\"shape\":[2,1],\"data\":[101,202]}]}'"
-	@echo "  curl -s localhost:8002/metrics | grep tenfold_inference"
-	$(TENFOLD) inference serve --model-repository $(REPO)
+run: $(STAMP) $(REPO)/feed_user_tower/feed_assets.json
+	$(TENFOLD) up --repository $(REPO) --pods $(PODS)
 
 # pytest exits 5 when a selection holds no tests: that is not a failure here.
 test: $(STAMP)

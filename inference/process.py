@@ -73,6 +73,17 @@ def _pump(stream, lines: queue.Queue) -> None:
     lines.put(None)
 
 
+def spawn(cmd: list[str], env: dict[str, str] | None = None) -> Pod:
+    """Start ``cmd`` with its output (stdout and stderr) collected line by line."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full_env
+    )
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
+    return Pod(proc, lines)
+
+
 def start_pod(
     repo: Path,
     *args: str,
@@ -86,13 +97,7 @@ def start_pod(
     cmd = [sys.executable, "-m", "tenfold", "inference", "serve"]
     cmd += ["--model-repository", str(repo), "--intra-op-threads", str(intra_op_threads)]
     cmd += ["--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", *args]
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full_env
-    )
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
-    pod = Pod(proc, lines)
+    pod = spawn(cmd, env)
     if not wait_ready:
         return pod
     found = pod.wait_for(r"listening http=")
