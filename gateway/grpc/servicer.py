@@ -54,14 +54,13 @@ class FeedServicer(pb_grpc.FeedServicer):
         async with _admitted(self.core, context, "feed") as call:
             try:
                 ctx = request.context
+                context = {"device": ctx.device, "network": ctx.network}
+                if ctx.HasField("hour"):
+                    context["hour"] = ctx.hour
                 body = FeedBody(
                     user_id=request.user_id,
                     count=request.count or 20,
-                    context={
-                        "hour": ctx.hour,
-                        "device": ctx.device or "android",
-                        "network": ctx.network or "wifi",
-                    },
+                    context={k: v for k, v in context.items() if v != ""},
                     history=list(request.history),
                     seen=list(request.seen),
                 )

@@ -12,15 +12,13 @@ import tritonclient.grpc as tgrpc  # noqa: E402
 from tritonclient.utils import np_to_triton_dtype  # noqa: E402
 
 from inference.process import start_pod  # noqa: E402
-from tenfold.models.build import build  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    out = tmp_path_factory.mktemp("models")
-    return out, build(out, quick=True)
+def built(quick_build):
+    return quick_build
 
 
 def test_ranker_beats_popularity_on_every_head(built):

@@ -1,0 +1,200 @@
+"""Pure logic of the gateway with the clock passed in: balancing, ejection, budgets,
+rate limits, A/B assignment, admission control."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+
+from gateway.admission import Admission
+from gateway.auth import Authenticator, hash_key, key_from_headers
+from gateway.balancer import EjectionPolicy, EndpointState, choose
+from gateway.experiments import assign
+from gateway.limits import RetryBudget, TokenBucket
+from gateway.settings import ExperimentSettings, GatewaySettings, TenantSettings
+from inference.protocol.errors import PermissionDenied, TooManyRequests, Unauthenticated
+
+POLICY = EjectionPolicy(after_failures=3, base_s=2.0, max_s=30.0)
+
+
+def states(*inflight: int) -> list[EndpointState]:
+    out = []
+    for i, n in enumerate(inflight):
+        state = EndpointState(f"e{i}", POLICY)
+        state.inflight = n
+        out.append(state)
+    return out
+
+
+def test_power_of_two_choices_never_picks_the_busiest_of_two():
+    rng = random.Random(1)
+    eps = states(0, 10)
+    assert all(choose(eps, 0.0, rng).address == "e0" for _ in range(50))
+
+
+def test_power_of_two_choices_spreads_over_equal_endpoints():
+    rng = random.Random(2)
+    eps = states(0, 0, 0, 0)
+    picked = {choose(eps, 0.0, rng).address for _ in range(200)}
+    assert picked == {"e0", "e1", "e2", "e3"}
+
+
+def test_excluded_and_unhealthy_endpoints_are_not_chosen():
+    rng = random.Random(3)
+    eps = states(0, 0, 0)
+    eps[2].healthy = False
+    assert {choose(eps, 0.0, rng, frozenset({"e0"})).address for _ in range(20)} == {"e1"}
+    assert choose(eps, 0.0, rng, frozenset({"e0", "e1"})) is None
+
+
+def fail(state: EndpointState, now: float) -> bool:
+    state.started(now)
+    return state.finished(False, now)
+
+
+def test_ejection_after_consecutive_failures_then_probe_and_backoff():
+    eps = states(0)
+    e = eps[0]
+    assert not fail(e, 0.0) and not fail(e, 0.1)
+    assert fail(e, 0.2)  # third in a row: ejected for base_s
+    assert e.ejected(1.0) and choose(eps, 1.0, random.Random()) is None
+    # after the period one probe goes through; while it runs nobody else gets the endpoint
+    assert choose(eps, 2.3, random.Random()) is e
+    e.started(2.3)
+    assert choose(eps, 2.3, random.Random()) is None
+    assert e.finished(False, 2.4)  # the probe failed: ejected again, twice as long
+    assert e.ejected(6.3) and not e.ejected(6.5)
+    e.started(6.5)
+    assert not e.finished(True, 6.6)  # a good probe: back in, backoff reset
+    assert e.available(6.6) and e.ejections == 0
+
+
+def test_a_success_resets_the_failure_count():
+    e = states(0)[0]
+    fail(e, 0.0)
+    fail(e, 0.0)
+    e.started(0.0)
+    e.finished(True, 0.0)
+    assert not fail(e, 0.0) and not fail(e, 0.0)
+
+
+def test_token_bucket_refills_at_its_rate():
+    bucket = TokenBucket(rate=2.0, burst=2.0, now=0.0)
+    assert bucket.take(0.0) == 0 and bucket.take(0.0) == 0
+    assert bucket.take(0.0) == pytest.approx(0.5)
+    assert bucket.take(0.5) == 0
+
+
+def test_retry_budget_allows_about_the_ratio_of_requests():
+    budget = RetryBudget(ratio=0.2, min_per_s=0, now=0.0)
+    allowed = 0
+    for _ in range(100):
+        budget.deposit()
+        allowed += budget.withdraw(0.0)
+    assert 19 <= allowed <= 20
+
+
+def test_retry_budget_floor_allows_a_few_retries_at_low_traffic():
+    budget = RetryBudget(ratio=0.2, min_per_s=1, now=0.0, window_s=3)
+    assert [budget.withdraw(0.0) for _ in range(4)] == [True, True, True, False]
+
+
+def test_ab_assignment_is_stable_and_near_the_ratio():
+    exps = [ExperimentSettings(name="ranker_v2", percent=30, ranker_version="2")]
+    arms = [assign(exps, f"user-{i}") for i in range(20_000)]
+    share = sum(a.arm == "variant" for a in arms) / len(arms)
+    assert 0.28 < share < 0.32
+    assert [assign(exps, f"user-{i}") for i in range(200)] == arms[:200]
+    assert {a.label for a in arms} == {"ranker_v2:variant", "ranker_v2:control"}
+    assert assign([], "u").label == ""
+
+
+def test_two_experiments_take_disjoint_slices():
+    exps = [
+        ExperimentSettings(name="a", percent=10, ranker_version="2"),
+        ExperimentSettings(name="b", percent=20, ranker_version="3"),
+    ]
+    arms = [assign(exps, str(i)) for i in range(20_000)]
+    a = sum(x.experiment == "a" and x.arm == "variant" for x in arms) / len(arms)
+    b = sum(x.experiment == "b" and x.arm == "variant" for x in arms) / len(arms)
+    assert 0.085 < a < 0.115 and 0.18 < b < 0.22
+
+
+def tenants() -> list[TenantSettings]:
+    return [
+        TenantSettings(name="app", key_sha256=hash_key("k-app"), routes=["feed"]),
+        TenantSettings(name="slow", key_sha256=hash_key("k-slow"), rate_per_s=1, burst=2),
+    ]
+
+
+def test_auth_statuses():
+    now = [0.0]
+    auth = Authenticator(tenants(), lambda: now[0])
+    with pytest.raises(Unauthenticated):
+        auth.check(None, "feed")
+    with pytest.raises(Unauthenticated):
+        auth.check("wrong", "feed")
+    assert auth.check("k-app", "feed").name == "app"
+    with pytest.raises(PermissionDenied):
+        auth.check("k-app", "effects")
+    auth.check("k-slow", "effects")
+    auth.check("k-slow", "effects")
+    with pytest.raises(TooManyRequests) as exc:
+        auth.check("k-slow", "effects")
+    assert exc.value.retry_after == pytest.approx(1.0)
+    now[0] = 1.0
+    auth.check("k-slow", "effects")
+
+
+def test_without_tenants_everyone_is_anonymous():
+    assert Authenticator([], lambda: 0.0).check(None, "infer").name == "anonymous"
+
+
+def test_key_headers():
+    assert key_from_headers({"authorization": "Bearer abc"}) == "abc"
+    assert key_from_headers({"x-api-key": "xyz"}) == "xyz"
+    assert key_from_headers({"authorization": "Basic abc"}) == ""
+    assert key_from_headers({}) is None
+
+
+def test_settings_name_the_bad_field():
+    with pytest.raises(ValueError, match="feed_pool"):
+        GatewaySettings(pools={"a": {"endpoints": [{"grpc": "x:1"}]}}, feed_pool="nope")
+    with pytest.raises(ValueError, match="key_sha256"):
+        GatewaySettings(tenants=[{"name": "t", "key_sha256": "short"}])
+    with pytest.raises(ValueError, match="routes"):
+        GatewaySettings(tenants=[{"name": "t", "key_sha256": "0" * 64, "routes": ["x"]}])
+
+
+async def test_admission_caps_inflight_queues_briefly_then_sheds():
+    adm = Admission(max_inflight=2, max_queue=1, queue_timeout_s=0.05)
+    release = asyncio.Event()
+    results: list[str] = []
+
+    async def user(i: int) -> None:
+        try:
+            async with adm.slot():
+                results.append(f"in{i}")
+                await release.wait()
+        except TooManyRequests:
+            results.append(f"shed{i}")
+
+    tasks = [asyncio.create_task(user(i)) for i in range(4)]
+    await asyncio.sleep(0.01)
+    # two run, one waits, the fourth is shed at once (queue full)
+    assert sorted(results) == ["in0", "in1", "shed3"]
+    release.set()
+    await asyncio.gather(*tasks)
+    assert sorted(results) == ["in0", "in1", "in2", "shed3"]
+    assert adm.inflight == 0 and adm.queued == 0
+
+
+async def test_admission_queue_timeout_sheds():
+    adm = Admission(max_inflight=1, max_queue=5, queue_timeout_s=0.02)
+    async with adm.slot():
+        with pytest.raises(TooManyRequests, match="queue timeout"):
+            async with adm.slot():
+                pass
+    assert adm.inflight == 0
