@@ -1,0 +1,158 @@
+"""What the gateway adds, and what the whole stack serves, on this machine.
+
+    python -m loadtest.bench_gateway --repository var/model-repository \
+        [--duration 10] [--out docs/results/bench_gateway.json]
+
+1. Added latency: the same KServe v2 request (the user tower, one user, JSON over
+   HTTP) sent open-loop at the same rate straight to the pod and through the gateway's
+   pass-through, alternating, at half of the gateway path's closed-loop capacity.
+2. Throughput of the whole stack (gateway + pod) for the feed and the effects
+   (256x256 JPEG), closed loop.
+
+One pod (ONNX Runtime, 1 intra-op thread), one gateway worker and the load generator
+(one Python process) share the machine's cores; nothing is pinned.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+from PIL import Image
+
+from inference.process import start_pod
+from loadtest.openloop import closed_loop, open_loop
+from tenfold.stack import gateway_config, start_gateway
+
+TOWER_REQUEST = {
+    "inputs": [
+        {"name": "user_ctx", "datatype": "INT64", "shape": [1, 4], "data": [43, 20, 1, 0]},
+        {"name": "history", "datatype": "INT64", "shape": [1, 20], "data": [5, 9, 12] + [0] * 17},
+    ]
+}
+
+
+def photo() -> bytes:
+    rng = np.random.default_rng(0)
+    out = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)).save(out, "JPEG")
+    return out.getvalue()
+
+
+async def measure(pod, gateway, duration: float) -> dict:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+        def infer_at(address: str):
+            url = f"http://{address}/v2/models/feed_user_tower/infer"
+
+            async def send() -> int:
+                async with session.post(url, json=TOWER_REQUEST) as resp:
+                    await resp.read()
+                    return resp.status
+
+            return send
+
+        direct, via = infer_at(pod.http), infer_at(gateway.http)
+        await closed_loop(via, 8, 1.0)  # warm up connections and caches
+        await closed_loop(direct, 8, 1.0)
+        capacity_via, _ = await closed_loop(via, 32, duration / 2)
+        capacity_direct, _ = await closed_loop(direct, 32, duration / 2)
+        rate = round(capacity_via / 2, -1)
+        rounds = []
+        for _ in range(2):  # alternate, so drift hits both paths alike
+            for name, send in (("direct", direct), ("gateway", via)):
+                result = await open_loop(send, rate, duration / 2)
+                rounds.append((name, result))
+        latency = {}
+        for name in ("direct", "gateway"):
+            merged = [r for n, r in rounds if n == name]
+            first = merged[0]
+            for other in merged[1:]:
+                first.histogram.add(other.histogram)
+                first.statuses.update(other.statuses)
+                first.sent += other.sent
+                first.duration_s += other.duration_s
+            latency[name] = first.summary()
+        added = {
+            p: round(latency["gateway"][f"{p}_ms"] - latency["direct"][f"{p}_ms"], 3)
+            for p in ("p50", "p90", "p99")
+        }
+
+        async def feed() -> int:
+            body = {"user_id": int(np.random.randint(0, 50_000)), "count": 20}
+            async with session.post(f"http://{gateway.http}/v1/feed", json=body) as resp:
+                await resp.read()
+                return resp.status
+
+        image = photo()
+
+        async def effect() -> int:
+            async with session.post(
+                f"http://{gateway.http}/v1/effects/cartoon?size=256",
+                data=image,
+                headers={"content-type": "image/jpeg"},
+            ) as resp:
+                await resp.read()
+                return resp.status
+
+        feed_rps, feed_status = await closed_loop(feed, 16, duration)
+        effect_rps, effect_status = await closed_loop(effect, 8, duration)
+        feed_lat = await open_loop(feed, max(1.0, round(feed_rps / 2)), duration)
+        return {
+            "capacity_rps": {
+                "user_tower_direct": round(capacity_direct),
+                "user_tower_via_gateway": round(capacity_via),
+            },
+            "open_loop_rate": rate,
+            "latency": latency,
+            "added_ms": added,
+            "feed": {
+                "closed_loop_c16_rps": round(feed_rps, 1),
+                "statuses": dict(feed_status),
+                "open_loop_at_half": feed_lat.summary(),
+            },
+            "effects_256": {
+                "closed_loop_c8_rps": round(effect_rps, 1),
+                "statuses": dict(effect_status),
+            },
+        }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repository", type=Path, default=Path("var/model-repository"))
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    if not (args.repository / "feed_user_tower" / "feed_assets.json").exists():
+        parser.error(f"{args.repository} has no default models: run tenfold models build")
+    pod = start_pod(args.repository, intra_op_threads=1)
+    gateway = start_gateway(gateway_config(args.repository, [pod]))
+    try:
+        result = asyncio.run(measure(pod, gateway, args.duration))
+    finally:
+        gateway.stop()
+        pod.stop()
+    result["setup"] = {
+        "cores": os.cpu_count(),
+        "pods": 1,
+        "pod_intra_op_threads": 1,
+        "gateway_workers": 1,
+        "generator": "one Python process (aiohttp), same machine, nothing pinned",
+        "duration_s": args.duration,
+    }
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
