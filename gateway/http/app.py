@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 
-import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
@@ -12,44 +11,13 @@ from gateway.auth import key_from_headers
 from gateway.core import GatewayCore
 from gateway.feed import FeedBody
 from gateway.http.openapi import document
-from inference.protocol.errors import (
-    InternalError,
-    InvalidInput,
-    PayloadTooLarge,
-    TenfoldError,
-    UnsupportedMediaType,
-)
+from inference.protocol.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from tenfold.web import errors_middleware, json_object, json_response
 
 log = logging.getLogger("tenfold.gateway.http")
 CORE = web.AppKey("core", GatewayCore)
 TIMEOUT_HEADER = "x-request-timeout-ms"
 IMAGE_TYPES = ("image/jpeg", "image/png")
-
-
-def json_response(doc, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(doc), status=status, content_type="application/json")
-
-
-def error_response(exc: TenfoldError) -> web.Response:
-    response = json_response({"error": exc.message}, exc.http_status)
-    if exc.retry_after is not None:
-        response.headers["Retry-After"] = str(max(1, round(exc.retry_after + 0.49)))
-    return response
-
-
-@web.middleware
-async def errors_middleware(request: web.Request, handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except TenfoldError as exc:
-        return error_response(exc)
-    except web.HTTPException as exc:
-        if exc.status >= 400:
-            return json_response({"error": exc.reason}, exc.status)
-        raise
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(InternalError())
 
 
 def _core(request: web.Request) -> GatewayCore:
@@ -79,12 +47,7 @@ async def _body(request: web.Request) -> bytes:
 
 
 def _validate(model: type[BaseModel], raw: bytes) -> BaseModel:
-    try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"body: malformed JSON ({exc})") from None
-    if not isinstance(doc, dict):
-        raise InvalidInput("body: must be a JSON object")
+    doc = json_object(raw)
     try:
         return model.model_validate(doc)
     except ValidationError as exc:
@@ -212,7 +175,7 @@ async def openapi(request: web.Request) -> web.Response:
 
 def create_app(core: GatewayCore) -> web.Application:
     app = web.Application(
-        middlewares=[errors_middleware], client_max_size=core.settings.max_body_bytes
+        middlewares=[errors_middleware(log)], client_max_size=core.settings.max_body_bytes
     )
     app[CORE] = core
     r = app.router

@@ -4,45 +4,17 @@ from __future__ import annotations
 
 import logging
 
-import orjson
 from aiohttp import web
 from google.protobuf import json_format
 
 from inference.dataplane import DataPlane
 from inference.http.codec import HEADER_LENGTH, decode_request, encode_response
-from inference.protocol.errors import InternalError, InvalidInput, PayloadTooLarge, TenfoldError
+from inference.protocol.errors import InvalidInput
+from tenfold.web import errors_middleware, json_response
 
 log = logging.getLogger("tenfold.inference.http")
 
 DATAPLANE = web.AppKey("dataplane", DataPlane)
-
-
-def _json(doc, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(doc), status=status, content_type="application/json")
-
-
-def error_response(exc: TenfoldError) -> web.Response:
-    response = _json({"error": exc.message}, exc.http_status)
-    if exc.retry_after is not None:
-        response.headers["Retry-After"] = str(max(1, round(exc.retry_after)))
-    return response
-
-
-@web.middleware
-async def errors_middleware(request: web.Request, handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except TenfoldError as exc:
-        return error_response(exc)
-    except web.HTTPRequestEntityTooLarge as exc:
-        return error_response(PayloadTooLarge(f"request body is too large: {exc.text}"))
-    except web.HTTPException as exc:
-        if exc.status >= 400:
-            return _json({"error": exc.reason}, exc.status)
-        raise
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(InternalError())
 
 
 def _dp(request: web.Request) -> DataPlane:
@@ -54,33 +26,41 @@ def _model(request: web.Request) -> tuple[str, str]:
 
 
 async def server_metadata(request: web.Request) -> web.Response:
-    return _json(_dp(request).server_metadata())
+    return json_response(_dp(request).server_metadata())
 
 
 async def live(request: web.Request) -> web.Response:
-    return _json({"live": True}) if _dp(request).live() else _json({"live": False}, 503)
+    return (
+        json_response({"live": True})
+        if _dp(request).live()
+        else json_response({"live": False}, 503)
+    )
 
 
 async def ready(request: web.Request) -> web.Response:
-    return _json({"ready": True}) if _dp(request).ready() else _json({"ready": False}, 503)
+    return (
+        json_response({"ready": True})
+        if _dp(request).ready()
+        else json_response({"ready": False}, 503)
+    )
 
 
 async def model_metadata(request: web.Request) -> web.Response:
-    return _json(_dp(request).model_metadata(*_model(request)))
+    return json_response(_dp(request).model_metadata(*_model(request)))
 
 
 async def model_ready(request: web.Request) -> web.Response:
     ok = _dp(request).model_ready(*_model(request))
-    return _json({"ready": ok}, 200 if ok else 503)
+    return json_response({"ready": ok}, 200 if ok else 503)
 
 
 async def model_config(request: web.Request) -> web.Response:
     config = _dp(request).model_config(*_model(request))
-    return _json(json_format.MessageToDict(config, preserving_proto_field_name=True))
+    return json_response(json_format.MessageToDict(config, preserving_proto_field_name=True))
 
 
 async def repository_index(request: web.Request) -> web.Response:
-    return _json(_dp(request).repository_index())
+    return json_response(_dp(request).repository_index())
 
 
 def _header_length(request: web.Request) -> int | None:
@@ -103,7 +83,7 @@ async def infer(request: web.Request) -> web.Response:
 
 
 def create_app(dataplane: DataPlane, *, max_request_bytes: int) -> web.Application:
-    app = web.Application(client_max_size=max_request_bytes, middlewares=[errors_middleware])
+    app = web.Application(client_max_size=max_request_bytes, middlewares=[errors_middleware(log)])
     app[DATAPLANE] = dataplane
     app.router.add_get("/v2", server_metadata)
     app.router.add_get("/v2/health/live", live)

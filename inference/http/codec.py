@@ -15,6 +15,7 @@ from inference.protocol.datatypes import (
 )
 from inference.protocol.errors import InvalidInput
 from inference.protocol.tensors import InferRequest, InferResponse, RequestedOutput, Tensor
+from tenfold.web import json_object
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -95,12 +96,7 @@ def decode_request(
                 f"{HEADER_LENGTH} is {header_length} but the body has {len(body)} bytes"
             )
         header, binary = body[:header_length], memoryview(body)[header_length:]
-    try:
-        doc = orjson.loads(header)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"malformed JSON in the request body: {exc}") from None
-    if not isinstance(doc, dict):
-        raise InvalidInput("the request body must be a JSON object")
+    doc = json_object(header, "request body")
     raw_inputs = doc.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise InvalidInput("'inputs' must be a non-empty list")
