@@ -3,9 +3,10 @@
     python -m loadtest.bench_gateway --repository var/model-repository \
         [--duration 10] [--out docs/results/bench_gateway.json]
 
-1. Added latency: the same KServe v2 request (the user tower, one user, JSON over
-   HTTP) sent open-loop at the same rate straight to the pod and through the gateway's
-   pass-through, alternating, at half of the gateway path's closed-loop capacity.
+1. Added latency: the same KServe v2 request (the user tower, one user; JSON over
+   HTTP, and raw tensors over gRPC) sent open-loop at the same rate straight to the
+   pod and through the gateway's pass-through, alternating, at half of the gateway
+   path's closed-loop capacity (c=32).
 2. Throughput of the whole stack (gateway + pod) for the feed and the effects
    (256x256 JPEG), closed loop.
 
@@ -23,9 +24,11 @@ import os
 from pathlib import Path
 
 import aiohttp
+import grpc
 import numpy as np
 from PIL import Image
 
+from gateway.kserve import INFER, infer_request
 from inference.process import start_pod
 from loadtest.openloop import closed_loop, open_loop
 from tenfold.stack import gateway_config, start_gateway
@@ -58,31 +61,59 @@ async def measure(pod, gateway, duration: float) -> dict:
 
             return send
 
-        direct, via = infer_at(pod.http), infer_at(gateway.http)
-        await closed_loop(via, 8, 1.0)  # warm up connections and caches
-        await closed_loop(direct, 8, 1.0)
-        capacity_via, _ = await closed_loop(via, 32, duration / 2)
-        capacity_direct, _ = await closed_loop(direct, 32, duration / 2)
-        rate = round(capacity_via / 2, -1)
-        rounds = []
-        for _ in range(2):  # alternate, so drift hits both paths alike
-            for name, send in (("direct", direct), ("gateway", via)):
-                result = await open_loop(send, rate, duration / 2)
-                rounds.append((name, result))
-        latency = {}
-        for name in ("direct", "gateway"):
-            merged = [r for n, r in rounds if n == name]
-            first = merged[0]
-            for other in merged[1:]:
-                first.histogram.add(other.histogram)
-                first.statuses.update(other.statuses)
-                first.sent += other.sent
-                first.duration_s += other.duration_s
-            latency[name] = first.summary()
-        added = {
-            p: round(latency["gateway"][f"{p}_ms"] - latency["direct"][f"{p}_ms"], 3)
-            for p in ("p50", "p90", "p99")
+        channels = [grpc.aio.insecure_channel(a) for a in (pod.grpc, gateway.grpc)]
+        raw = infer_request(
+            "feed_user_tower",
+            {
+                "user_ctx": np.array([[43, 20, 1, 0]], np.int64),
+                "history": np.array([[5, 9, 12] + [0] * 17], np.int64),
+            },
+        ).SerializeToString()
+
+        def grpc_at(channel):
+            call = channel.unary_unary(INFER)
+
+            async def send() -> str:
+                await call(raw)
+                return "OK"
+
+            return send
+
+        paths = {
+            "http": (infer_at(pod.http), infer_at(gateway.http)),
+            "grpc": (grpc_at(channels[0]), grpc_at(channels[1])),
         }
+        capacity, latency, added, rates = {}, {}, {}, {}
+        for proto, (direct, via) in paths.items():
+            await closed_loop(via, 8, 1.0)  # warm up connections and caches
+            await closed_loop(direct, 8, 1.0)
+            capacity[proto] = {
+                "direct": round((await closed_loop(direct, 32, duration / 2))[0]),
+                "via_gateway": round((await closed_loop(via, 32, duration / 2))[0]),
+            }
+            rate = rates[proto] = round(capacity[proto]["via_gateway"] / 2, -1)
+            rounds = []
+            for _ in range(2):  # alternate, so drift hits both paths alike
+                for name, send in (("direct", direct), ("gateway", via)):
+                    rounds.append((name, await open_loop(send, rate, duration / 2)))
+            latency[proto] = {}
+            for name in ("direct", "gateway"):
+                merged = [r for n, r in rounds if n == name]
+                first = merged[0]
+                for other in merged[1:]:
+                    first.histogram.add(other.histogram)
+                    first.statuses.update(other.statuses)
+                    first.sent += other.sent
+                    first.duration_s += other.duration_s
+                latency[proto][name] = first.summary()
+            added[proto] = {
+                p: round(
+                    latency[proto]["gateway"][f"{p}_ms"] - latency[proto]["direct"][f"{p}_ms"], 3
+                )
+                for p in ("p50", "p90", "p99")
+            }
+        for channel in channels:
+            await channel.close()
 
         async def feed() -> int:
             body = {"user_id": int(np.random.randint(0, 50_000)), "count": 20}
@@ -105,11 +136,8 @@ async def measure(pod, gateway, duration: float) -> dict:
         effect_rps, effect_status = await closed_loop(effect, 8, duration)
         feed_lat = await open_loop(feed, max(1.0, round(feed_rps / 2)), duration)
         return {
-            "capacity_rps": {
-                "user_tower_direct": round(capacity_direct),
-                "user_tower_via_gateway": round(capacity_via),
-            },
-            "open_loop_rate": rate,
+            "user_tower_capacity_rps": capacity,
+            "open_loop_rate": rates,
             "latency": latency,
             "added_ms": added,
             "feed": {
