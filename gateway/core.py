@@ -169,13 +169,13 @@ class GatewayCore:
         if session is None:
             raise ServerUnavailable("HTTP pass-through is not configured")
 
-        async def attempt(endpoint: Endpoint, timeout: float):  # noqa: ASYNC109
+        async def attempt(endpoint: Endpoint, timeout_s: float):
             if not endpoint.settings.http:
                 raise UpstreamError(ServerUnavailable("endpoint has no HTTP address"), True, False)
             url = f"http://{endpoint.settings.http}{path}"
             try:
                 async with session.request(
-                    method, url, data=body, headers=headers, timeout=ClientTimeout(total=timeout)
+                    method, url, data=body, headers=headers, timeout=ClientTimeout(total=timeout_s)
                 ) as resp:
                     data = await resp.read()
                     kept = {k: v for k, v in resp.headers.items() if k.lower() in _PASSED}

@@ -40,9 +40,9 @@ async def call_raw(
 ) -> bytes:
     """Send serialised ``request`` to ``path`` on one endpoint of ``pool``."""
 
-    async def attempt(endpoint: Endpoint, timeout: float) -> bytes:  # noqa: ASYNC109
+    async def attempt(endpoint: Endpoint, timeout_s: float) -> bytes:
         try:
-            return await endpoint.method(path)(request, timeout=timeout, metadata=metadata)
+            return await endpoint.method(path)(request, timeout=timeout_s, metadata=metadata)
         except grpc.aio.AioRpcError as exc:
             raise upstream_error(exc, pool.name) from None
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import signal
+import socket
 import time
 
 import aiohttp
@@ -180,3 +181,75 @@ def test_ab_arm_is_stable_per_user_and_carried(make_gateway):
     assert 8 <= sum(v.endswith("variant") for v in first.values()) <= 32
     metrics = requests.get(f"http://{gw.http}/metrics", timeout=5).text
     assert 'arm="ranker_v1b:variant"' in metrics and 'arm="ranker_v1b:control"' in metrics
+
+
+def worker_processes(pid: int) -> list[int]:
+    """Child processes of ``pid`` (multiprocessing's resource tracker left out)."""
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        kids = [int(c) for c in f.read().split()]
+    out = []
+    for kid in kids:
+        with open(f"/proc/{kid}/cmdline", "rb") as f:
+            if b"resource_tracker" not in f.read():
+                out.append(kid)
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def slow_effects_then_sigterm(gw, n: int) -> list[int]:
+    image = jpeg()
+    async with aiohttp.ClientSession() as session:
+
+        async def one() -> int:
+            async with session.post(
+                f"http://{gw.http}/v1/effects/cartoon?size=512",
+                data=image,
+                headers={"content-type": "image/jpeg"},
+            ) as resp:
+                await resp.read()
+                return resp.status
+
+        tasks = [asyncio.create_task(one()) for _ in range(n)]
+        await asyncio.sleep(0.15)
+        gw.proc.send_signal(signal.SIGTERM)
+        return await asyncio.gather(*tasks)
+
+
+def test_two_workers_share_the_ports_aggregate_metrics_and_drain(quick_repo, pods):
+    gw = start_gateway(
+        gateway_config(quick_repo, pods, workers=2), port=free_port(), grpc_port=free_port()
+    )
+    try:
+        assert "workers=2" in gw.output()
+        workers = worker_processes(gw.proc.pid)
+        assert len(workers) == 2 and all(alive(w) for w in workers)
+        for i in range(20):  # a fresh connection each time: the kernel spreads them
+            with requests.Session() as session:
+                answer = session.post(f"http://{gw.http}/v1/feed", json={"user_id": i})
+                assert answer.status_code == 200
+        text = requests.get(f"http://{gw.http}/metrics", timeout=5).text
+        served = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith('tenfold_gateway_requests_total{arm="",code="200",route="feed"}')
+        )
+        assert served == 20  # every worker's count, merged
+        statuses = asyncio.run(slow_effects_then_sigterm(gw, 6))
+        assert statuses == [200] * 6  # in flight at SIGTERM: all finished
+        assert gw.proc.wait(30) == 0
+        assert not any(alive(w) for w in workers)
+    finally:
+        gw.stop()
