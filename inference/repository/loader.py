@@ -4,7 +4,7 @@ executor)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import onnxruntime as ort
@@ -41,6 +41,7 @@ def load_model(
     name = model_dir.name
     config = read_config(model_dir)
     versions = select_versions(name, model_dir, config or model_config_pb2.ModelConfig())
+    settings = _with_config_threads(name, config, settings)
     loaded = []
     for version in versions:
         filename = (config.default_model_filename if config else "") or "model.onnx"
@@ -68,3 +69,19 @@ def load_model(
         ]
         loaded.append(LoadedVersion(spec, version, path, tuple(sessions)))
     return loaded
+
+
+#: Triton's ONNX Runtime backend parameter, written by ``tenfold optimize``'s tuning
+THREADS_PARAMETER = "intra_op_thread_count"
+
+
+def _with_config_threads(name, config, settings: SessionSettings) -> SessionSettings:
+    """``parameters { key: "intra_op_thread_count" }`` overrides the pod's thread setting."""
+    if config is None or THREADS_PARAMETER not in config.parameters:
+        return settings
+    text = config.parameters[THREADS_PARAMETER].string_value
+    if not text.isdigit():
+        raise RepositoryError(
+            name, f"parameter {THREADS_PARAMETER} must be a whole number >= 0, not {text!r}"
+        )
+    return replace(settings, intra_op_threads=int(text))

@@ -3,8 +3,11 @@ a Triton-layout model repository with assets and a report (torch extra).
 
 Repository written (see docs/models.md for the formats):
 
-    <out>/feed_user_tower/{config.pbtxt, 1/model.onnx, item_embeddings.npy, cold_start_pool.npy}
+    <out>/feed_user_tower/{config.pbtxt, 1/model.onnx, item_embeddings.npy, cold_start_pool.npy,
+                           item_creator.npy, feed_assets.json}
     <out>/feed_ranker/{config.pbtxt, 1/model.onnx}
+    <out>/effects_cartoon/{config.pbtxt, 1/model.onnx, before_after.png}
+    each model also: validation.npz and pytorch/model.pt (for ``tenfold optimize``)
     <out>/build_report.json
 """
 
@@ -19,7 +22,7 @@ import numpy as np
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from tenfold.models import effects, feed
+from tenfold.models import effects, feed, validation
 from tenfold.models.export import export, parity
 from tenfold.models.feed_nets import MMoERanker, UserTower
 from tenfold.models.simulate import HISTORY, SimConfig, simulate
@@ -155,6 +158,11 @@ def build(out: Path, quick: bool = False, seed: int = 7, console=None) -> Built:
             name: parity(modules[name], out / name / "1" / "model.onnx", held_out[name])
             for name in modules
         }
+        validation.write_ranker(out / "feed_ranker", data, seed)
+        validation.write_tower(out / "feed_user_tower", data)
+        validation.write_image(effects_dir, seed, photos)
+        for name, module in modules.items():
+            validation.save_module(module, out / name)
         progress("export + parity", 1.0)
     report["timings_s"]["total"] = time.perf_counter() - start
     for name, diff in report["parity_max_abs_diff"].items():

@@ -139,14 +139,21 @@ def _crops(pairs, n: int, size: int, rng) -> tuple[np.ndarray, np.ndarray]:
     return to_t(xs), to_t(ys)
 
 
+def training_images(
+    seed: int, n_procedural: int = 12, pics: dict[str, np.ndarray] | None = None
+) -> list[np.ndarray]:
+    """The photos trained on (all but ``HELD_OUT``) and the procedural images."""
+    pics = photos() if pics is None else pics
+    return [v for k, v in pics.items() if k not in HELD_OUT] + procedural(n_procedural, 256, seed)
+
+
 def train(
     steps: int, crop: int, progress: Callable[[float], None], seed: int = 0, n_procedural: int = 12
 ) -> tuple[EffectNet, dict[str, np.ndarray]]:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     pics = photos()
-    train_imgs = [v for k, v in pics.items() if k not in HELD_OUT]
-    train_imgs += procedural(n_procedural, 256, seed)
+    train_imgs = training_images(seed, n_procedural, pics)
     pairs = [(img, cartoon(img)) for img in train_imgs]
     model = EffectNet()
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)

@@ -204,6 +204,16 @@ def serving_user_inputs(data: FeedData, users: np.ndarray) -> dict[str, np.ndarr
     return {"user_ctx": ctx, "history": hist}
 
 
+def recall_probe(
+    data: FeedData, k: int = 100, n_users: int = 1000
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """User-tower inputs of a seeded set of users and each one's true top ``k`` items."""
+    rng = np.random.default_rng(11)
+    users = np.sort(rng.choice(data.cfg.users, size=min(n_users, data.cfg.users), replace=False))
+    truth = np.argsort(-data.world.true_score(users), axis=1)[:, :k]
+    return serving_user_inputs(data, users), truth
+
+
 def evaluate_recall(
     model: TwoTower,
     data: FeedData,
@@ -212,17 +222,15 @@ def evaluate_recall(
     k: int = 100,
     n_users: int = 1000,
 ) -> dict:
-    rng = np.random.default_rng(11)
-    users = np.sort(rng.choice(data.cfg.users, size=min(n_users, data.cfg.users), replace=False))
-    feeds = {n: torch.as_tensor(v) for n, v in serving_user_inputs(data, users).items()}
+    inputs, truth = recall_probe(data, k, n_users)
+    feeds = {n: torch.as_tensor(v) for n, v in inputs.items()}
     with torch.inference_mode():
         vecs = UserTower(model)(**feeds).numpy()
-    truth = np.argsort(-data.world.true_score(users), axis=1)[:, :k]
     retrieved = np.argsort(-(vecs @ embeddings.T), axis=1)[:, :k]
     hits = [len(np.intersect1d(t, r)) / k for t, r in zip(truth, retrieved, strict=True)]
     pool_hits = [len(np.intersect1d(t, pool[:k])) / k for t in truth]
     return {
         "recall_at_100": float(np.mean(hits)),
         "popularity_pool_recall_at_100": float(np.mean(pool_hits)),
-        "users": len(users),
+        "users": len(truth),
     }

@@ -1,0 +1,264 @@
+"""``tenfold optimize``: run the passes, keep those that hold parity, write the result as
+a new model version with its manifest, tune the config, check a pod loads it, and
+measure every stage side by side against PyTorch eager."""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import onnxruntime as ort
+
+from inference.repository.errors import RepositoryError
+from inference.repository.loader import load_model
+from inference.runtime.onnx_model import SessionSettings
+from optimizers import bench, report
+from optimizers.errors import OptimizeError
+from optimizers.judges import Evaluation, Judge, judge_for
+from optimizers.passes import PassContext, plan
+from optimizers.settings import OptimizeSettings
+from optimizers.target import ModelTarget, open_target
+from optimizers.tune import Tuning, config_text, read_config, tune, tuned_config
+
+MANIFEST = "optimize_manifest.json"
+Step = Callable[[str], None]
+
+
+@dataclass
+class PassRecord:
+    name: str
+    #: kept, rejected (missed a threshold), failed (raised), unverified (not checkable here)
+    status: str
+    detail: str = ""
+    seconds: float = 0.0
+    parity: dict[str, float] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Outcome:
+    manifest: dict
+    #: the new version, or None when no pass was kept
+    version: int | None
+
+    @property
+    def passes(self) -> list[dict]:
+        return self.manifest["passes"]
+
+
+def _providers(target: str) -> tuple[str, ...]:
+    if target == "gpu" and "CUDAExecutionProvider" in ort.get_available_providers():
+        return ("CUDAExecutionProvider", "CPUExecutionProvider")
+    return ("CPUExecutionProvider",)
+
+
+def _evaluate(judge: Judge, path: Path, threads: int, providers=()) -> Evaluation:
+    return judge.evaluate(bench.runner(bench.session(path, threads, "disable", providers)))
+
+
+def _run_passes(target: ModelTarget, judge: Judge, s: OptimizeSettings, work: Path, step: Step):
+    threads = s.benchmark.threads or bench.cores()
+    reference = _evaluate(judge, target.path, threads)
+    ctx = PassContext(judge, s.quant, s.target, work)
+    gpu_checkable = s.target == "cpu" or "CUDAExecutionProvider" in ort.get_available_providers()
+    current, records, kept = target.path, [], []
+    batch = 4 if judge.kind == "image" else min(128, max(1, target.spec.max_batch_size))
+    feeds = judge.sample(batch)
+
+    def latency(path: Path, level: str) -> float:
+        sess = bench.session(path, threads, level)
+        return bench.measure(lambda: sess.run(None, feeds), batch, 0.3, 3).latency_ms
+
+    current_ms = latency(target.path, "all")
+    for i, (name, fn) in enumerate(plan(s.target, s.passes)):
+        step(f"pass {name}")
+        dst = work / f"{i}-{name}.onnx"
+        start = time.perf_counter()
+        try:
+            detail = fn(current, dst, ctx)
+        except ImportError as exc:
+            records.append(
+                PassRecord(name, "failed", f"{exc.name} is missing: install the optimize extra")
+            )
+            continue
+        except Exception as exc:  # a library refusing this graph: reported, not fatal
+            records.append(PassRecord(name, "failed", f"{type(exc).__name__}: {exc}"))
+            continue
+        record = PassRecord(name, "kept", detail)
+        try:
+            verdict = judge.verdict(reference, _evaluate(judge, dst, threads, _providers(s.target)))
+            record.parity, record.failures = verdict.figures, list(verdict.failures)
+            record.status = "kept" if verdict.ok else "rejected"
+        except Exception as exc:
+            if gpu_checkable:
+                record.status = "failed"
+                record.failures = [f"cannot run the result: {type(exc).__name__}: {exc}"]
+            else:
+                record.status = "unverified"
+        if not gpu_checkable and record.status != "failed":
+            record.status = "unverified"
+            record.failures.append("no CUDA execution provider here: parity on the GPU unchecked")
+        if record.status == "unverified" and s.allow_unverified:
+            record.status = "kept"
+            record.detail += " (kept unverified: --allow-unverified)"
+        if record.status == "kept" and s.target == "cpu":
+            offline = name == "ort" or any(n == "ort" for n, _ in kept)
+            ms = latency(dst, "basic" if offline else "all")
+            record.parity[f"latency_ms_batch_{batch}"] = ms
+            if ms > current_ms * (1 + s.max_slowdown):
+                record.status = "rejected"
+                record.failures.append(
+                    f"slower: {ms:.3g} ms vs {current_ms:.3g} ms at batch {batch}"
+                )
+            else:
+                current_ms = ms
+        record.seconds = time.perf_counter() - start
+        records.append(record)
+        if record.status == "kept":
+            current = dst
+            kept.append((name, dst))
+    return reference, records, kept
+
+
+def _next_version(directory: Path) -> int:
+    return max(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit()) + 1
+
+
+def _install(
+    target: ModelTarget,
+    final: Path,
+    config_after: str,
+    manifest: dict,
+    check: Callable[[bench.Runner], list[str]],
+) -> int:
+    """Write the new version and config; undo both if a pod cannot load the result or
+    it misses parity as loaded (with the new config's graph level)."""
+    version = _next_version(target.directory)
+    vdir = target.directory / str(version)
+    config_path = target.directory / "config.pbtxt"
+    before = config_path.read_text()
+    vdir.mkdir()
+    shutil.copyfile(final, vdir / target.spec.default_model_filename)
+    config_path.write_text(config_after)
+    try:
+        loaded = load_model(target.directory, SessionSettings(), 0)[-1]
+        if loaded.version != version:
+            raise RepositoryError(target.name, f"the pod would serve version {loaded.version}")
+        failures = check(bench.runner(loaded.sessions[0]))
+        if failures:
+            raise RepositoryError(target.name, f"as served it misses parity: {failures}")
+    except RepositoryError as exc:
+        shutil.rmtree(vdir)
+        config_path.write_text(before)
+        raise OptimizeError(f"the optimised model does not load as a pod would: {exc}") from None
+    (vdir / MANIFEST).write_text(json.dumps(manifest | {"version": version}, indent=2))
+    return version
+
+
+def _bench(target, judge, s, kept, tuned_level, step) -> dict:
+    threads = s.benchmark.threads or bench.cores()
+    default = (1, 4, 8) if judge.kind == "image" else (1, 8, 32, 128)
+    batches = [
+        b for b in (s.benchmark.batch_sizes or default) if b <= max(1, target.spec.max_batch_size)
+    ]
+    rows = []
+
+    def timings(call: Callable[[dict], object]) -> list[dict]:
+        out = []
+        for b in batches:
+            feeds = judge.sample(b)
+            timing = bench.measure(
+                lambda f=feeds: call(f), b, s.benchmark.min_time_s, s.benchmark.min_runs
+            )
+            out.append(timing.as_dict())
+        return out
+
+    torch_path = target.directory / "pytorch" / "model.pt"
+    if s.benchmark.pytorch and torch_path.exists():
+        try:
+            run = bench.torch_runner(torch_path, threads, [t.name for t in target.spec.inputs])
+        except ImportError:
+            run = None
+        if run is not None:
+            step("bench pytorch eager")
+            rows.append({"stage": "pytorch eager fp32", "level": "-", "timings": timings(run)})
+    stages = [
+        ("onnxruntime unoptimised", target.path, "disable"),
+        ("onnxruntime online (pod default)", target.path, "all"),
+    ]
+    names = [n for n, _ in kept]
+    for i, (name, path) in enumerate(kept):
+        offline = "ort" in names[: i + 1]
+        stages.append((f"+ {name}", path, tuned_level if offline else "all"))
+    for label, path, level in stages:
+        step(f"bench {label}")
+        sess = bench.session(path, threads, level)
+        rows.append(
+            {"stage": label, "level": level, "timings": timings(lambda f, x=sess: x.run(None, f))}
+        )
+    return {"threads": threads, "batch_sizes": batches, "rows": report.with_speedups(rows)}
+
+
+def optimize(
+    repository: Path,
+    name: str,
+    settings: OptimizeSettings | None = None,
+    step: Step = lambda _: None,
+) -> Outcome:
+    s = settings or OptimizeSettings()
+    target = open_target(repository, name)
+    judge = judge_for(target.directory, target.spec, s.parity, s.quant.calibration_images)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix=".optimize-", dir=target.directory) as tmp:
+        reference, records, kept = _run_passes(target, judge, s, Path(tmp), step)
+        manifest = {
+            "model": name,
+            "source_version": target.version,
+            "kind": judge.kind,
+            "target": s.target,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "settings": s.model_dump(mode="json"),
+            "reference": reference.figures,
+            "passes": [asdict(r) for r in records],
+            "environment": {
+                "cpu": platform.processor() or platform.machine(),
+                "cores": bench.cores(),
+                "onnxruntime": ort.__version__,
+            },
+        }
+        if not kept:
+            manifest["seconds"] = time.perf_counter() - started
+            return Outcome(manifest, None)
+        final = kept[-1][1]
+        offline = any(n == "ort" for n, _ in kept)
+        level = "basic" if offline else "all"
+        tuning: Tuning | None = None
+        if s.target == "cpu" and "tune" in s.passes:
+            step("tune threads, instances, batch sizes")
+            tuning = tune(final, judge, target.spec.max_batch_size, level)
+            manifest["tuning"] = asdict(tuning) | {
+                "by_batch": {str(k): v for k, v in tuning.by_batch.items()}
+            }
+        config = read_config(target.directory)
+        manifest["config_before"] = config_text(config)
+        manifest["config_after"] = config_text(tuned_config(config, s.target, tuning, offline))
+        if s.bench:
+            manifest["benchmark"] = _bench(target, judge, s, kept, level, step)
+        manifest["seconds"] = time.perf_counter() - started
+        step("install the new version")
+        version = _install(
+            target,
+            final,
+            manifest["config_after"],
+            manifest,
+            lambda run: list(judge.verdict(reference, judge.evaluate(run)).failures),
+        )
+    manifest["version"] = version
+    return Outcome(manifest, version)
