@@ -11,6 +11,8 @@ tuning comes last and measures the file that will be served.
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,13 +68,7 @@ class _Reader:
 def int8(src: Path, dst: Path, ctx: PassContext) -> str:
     """Dynamic int8 (weights int8, activations quantised per call) for MatMul/Gemm
     models; static QDQ with calibration on training-distribution data for CNNs."""
-    from onnxruntime.quantization import (
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_dynamic,
-        quantize_static,
-    )
+    from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     q = ctx.quant
@@ -81,18 +77,8 @@ def int8(src: Path, dst: Path, ctx: PassContext) -> str:
     # dynamic height/width defeat them, and onnxslim already inferred what it could)
     quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
     if ctx.judge.kind == "image":
-        quantize_static(
-            str(pre),
-            str(dst),
-            _Reader(ctx.judge.calibration()),
-            quant_format=QuantFormat.QDQ,
-            per_channel=q.per_channel,
-            reduce_range=q.reduce_range,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=getattr(CalibrationMethod, _CALIBRATION[q.calibration]),
-            extra_options={"CalibPercentile": q.percentile},
-        )
+        with contextlib.redirect_stdout(io.StringIO()):  # the calibrators print progress
+            _static(pre, dst, ctx)
         return (
             f"static QDQ u8 activations / s8 weights, {q.calibration} calibration on "
             f"{len(ctx.judge.calibration())} images, per_channel={q.per_channel}"
@@ -106,6 +92,24 @@ def int8(src: Path, dst: Path, ctx: PassContext) -> str:
         weight_type=QuantType.QInt8,
     )
     return f"dynamic s8 weights on MatMul/Gemm, per_channel={q.per_channel}"
+
+
+def _static(pre: Path, dst: Path, ctx: PassContext) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    q = ctx.quant
+    quantize_static(
+        str(pre),
+        str(dst),
+        _Reader(ctx.judge.calibration()),
+        quant_format=QuantFormat.QDQ,
+        per_channel=q.per_channel,
+        reduce_range=q.reduce_range,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=getattr(CalibrationMethod, _CALIBRATION[q.calibration]),
+        extra_options={"CalibPercentile": q.percentile},
+    )
 
 
 def ort_offline(src: Path, dst: Path, ctx: PassContext) -> str:

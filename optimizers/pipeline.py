@@ -28,6 +28,10 @@ from optimizers.target import ModelTarget, open_target
 from optimizers.tune import Tuning, config_text, read_config, tune, tuned_config
 
 MANIFEST = "optimize_manifest.json"
+#: passes that change numerics: they must pay in speed, not only hold parity
+LOSSY = frozenset({"int8", "fp16"})
+#: passes whose parity is only meaningful on a GPU
+NEEDS_GPU = frozenset({"fp16"})
 Step = Callable[[str], None]
 
 
@@ -67,7 +71,7 @@ def _run_passes(target: ModelTarget, judge: Judge, s: OptimizeSettings, work: Pa
     threads = s.benchmark.threads or bench.cores()
     reference = _evaluate(judge, target.path, threads)
     ctx = PassContext(judge, s.quant, s.target, work)
-    gpu_checkable = s.target == "cpu" or "CUDAExecutionProvider" in ort.get_available_providers()
+    has_gpu = "CUDAExecutionProvider" in ort.get_available_providers()
     current, records, kept = target.path, [], []
     batch = 4 if judge.kind == "image" else min(128, max(1, target.spec.max_batch_size))
     feeds = judge.sample(batch)
@@ -92,6 +96,7 @@ def _run_passes(target: ModelTarget, judge: Judge, s: OptimizeSettings, work: Pa
             records.append(PassRecord(name, "failed", f"{type(exc).__name__}: {exc}"))
             continue
         record = PassRecord(name, "kept", detail)
+        gpu_checkable = name not in NEEDS_GPU or has_gpu
         try:
             verdict = judge.verdict(reference, _evaluate(judge, dst, threads, _providers(s.target)))
             record.parity, record.failures = verdict.figures, list(verdict.failures)
@@ -112,7 +117,13 @@ def _run_passes(target: ModelTarget, judge: Judge, s: OptimizeSettings, work: Pa
             offline = name == "ort" or any(n == "ort" for n, _ in kept)
             ms = latency(dst, "basic" if offline else "all")
             record.parity[f"latency_ms_batch_{batch}"] = ms
-            if ms > current_ms * (1 + s.max_slowdown):
+            if name in LOSSY and current_ms / ms < s.lossy_min_speedup:
+                record.status = "rejected"
+                record.failures.append(
+                    f"does not pay: {ms:.3g} ms vs {current_ms:.3g} ms at batch {batch} "
+                    f"(a lossy pass must be {s.lossy_min_speedup:g}x faster)"
+                )
+            elif ms > current_ms * (1 + s.max_slowdown):
                 record.status = "rejected"
                 record.failures.append(
                     f"slower: {ms:.3g} ms vs {current_ms:.3g} ms at batch {batch}"
@@ -136,7 +147,7 @@ def _install(
     final: Path,
     config_after: str,
     manifest: dict,
-    check: Callable[[bench.Runner], list[str]],
+    check: Callable[[bench.Runner], list[str]] | None,
 ) -> int:
     """Write the new version and config; undo both if a pod cannot load the result or
     it misses parity as loaded (with the new config's graph level)."""
@@ -147,6 +158,9 @@ def _install(
     vdir.mkdir()
     shutil.copyfile(final, vdir / target.spec.default_model_filename)
     config_path.write_text(config_after)
+    if check is None:  # a GPU model on a machine without one: nothing to load it with
+        (vdir / MANIFEST).write_text(json.dumps(manifest | {"version": version}, indent=2))
+        return version
     try:
         loaded = load_model(target.directory, SessionSettings(), 0)[-1]
         if loaded.version != version:
@@ -253,12 +267,16 @@ def optimize(
             manifest["benchmark"] = _bench(target, judge, s, kept, level, step)
         manifest["seconds"] = time.perf_counter() - started
         step("install the new version")
+        checkable = s.target == "cpu" or _providers(s.target)[0] != "CPUExecutionProvider"
+        manifest["load_check"] = "pod load + parity" if checkable else "skipped: no GPU here"
         version = _install(
             target,
             final,
             manifest["config_after"],
             manifest,
-            lambda run: list(judge.verdict(reference, judge.evaluate(run)).failures),
+            (lambda run: list(judge.verdict(reference, judge.evaluate(run)).failures))
+            if checkable
+            else None,
         )
     manifest["version"] = version
     return Outcome(manifest, version)

@@ -67,6 +67,12 @@ class OptimizeSettings(BaseSettings):
         description="keep a pass whose parity cannot be checked here (fp16 without a GPU)",
     )
     bench: bool = Field(True, description="measure the report's latency/throughput table")
+    lossy_min_speedup: float = Field(
+        1.05,
+        ge=0,
+        description="a pass that changes numerics (int8) must make the model at least this "
+        "much faster at a serving batch size, or it is rejected",
+    )
     max_slowdown: float = Field(
         0.03,
         ge=0,

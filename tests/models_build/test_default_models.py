@@ -62,6 +62,20 @@ def test_assets_have_the_documented_format(built):
     pool = np.load(out / "feed_user_tower" / "cold_start_pool.npy")
     assert pool.dtype == np.int64 and len(pool) == len(set(pool)) == 500
     assert pool.min() >= 0 and pool.max() < items
+    # validation data for the optimizers (docs/models.md)
+    kinds = {"feed_ranker": "ranker", "feed_user_tower": "tower", "effects_cartoon": "image"}
+    for model, kind in kinds.items():
+        with np.load(out / model / "validation.npz") as v:
+            assert str(v["kind"]) == kind
+            assert (out / model / "pytorch" / "model.pt").is_file()
+            if kind == "ranker":
+                assert v["item"].shape == (len(v["user_ctx"]), 1)
+                assert set(np.unique(v["label_p_like"])) <= {0.0, 1.0}
+                assert v["topk_items"].min() >= 1 and v["topk_items"].max() <= items
+            elif kind == "tower":
+                assert v["truth"].shape == (len(v["user_ctx"]), 100)
+            else:
+                assert v["held_out"].dtype == np.uint8 and v["held_out"].shape[1:] == (3, 256, 256)
 
 
 def test_pod_serves_the_build_with_pytorch_outputs(built):
