@@ -43,6 +43,9 @@ def session(
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }[level]
+    # as pods run (inference.runtime.onnx_model): idle pool threads do not spin, so
+    # sessions measured one after another do not steal each other's cores
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(
         str(path), opts, providers=list(providers or ["CPUExecutionProvider"])
     )
@@ -67,6 +70,22 @@ def measure(fn: Callable[[], object], batch: int, min_time_s: float, min_runs: i
         times.append(time.perf_counter() - t0)
     median = statistics.median(times)
     return Timing(batch, median * 1e3, batch / median)
+
+
+def compare(
+    a: Callable[[], object], b: Callable[[], object], min_time_s: float, min_runs: int
+) -> tuple[float, float]:
+    """Median latency (ms) of ``a`` and ``b``, run alternately so that drift and noise
+    from the rest of the machine fall on both alike."""
+    a(), b()
+    times: tuple[list[float], list[float]] = ([], [])
+    start = time.perf_counter()
+    while len(times[0]) < min_runs or time.perf_counter() - start < min_time_s:
+        for fn, out in ((a, times[0]), (b, times[1])):
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+    return statistics.median(times[0]) * 1e3, statistics.median(times[1]) * 1e3
 
 
 def measure_parallel(

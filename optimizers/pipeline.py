@@ -76,11 +76,11 @@ def _run_passes(target: ModelTarget, judge: Judge, s: OptimizeSettings, work: Pa
     batch = 4 if judge.kind == "image" else min(128, max(1, target.spec.max_batch_size))
     feeds = judge.sample(batch)
 
-    def latency(path: Path, level: str) -> float:
+    def call(path: Path, level: str) -> Callable[[], object]:
         sess = bench.session(path, threads, level)
-        return bench.measure(lambda: sess.run(None, feeds), batch, 0.3, 3).latency_ms
+        return lambda: sess.run(None, feeds)
 
-    current_ms = latency(target.path, "all")
+    current_call = call(target.path, "all")
     for i, (name, fn) in enumerate(plan(s.target, s.passes)):
         step(f"pass {name}")
         dst = work / f"{i}-{name}.onnx"
@@ -115,8 +115,10 @@ def _run_passes(target: ModelTarget, judge: Judge, s: OptimizeSettings, work: Pa
             record.detail += " (kept unverified: --allow-unverified)"
         if record.status == "kept" and s.target == "cpu":
             offline = name == "ort" or any(n == "ort" for n, _ in kept)
-            ms = latency(dst, "basic" if offline else "all")
+            candidate = call(dst, "basic" if offline else "all")
+            current_ms, ms = bench.compare(current_call, candidate, 1.0, 8)
             record.parity[f"latency_ms_batch_{batch}"] = ms
+            record.parity[f"previous_latency_ms_batch_{batch}"] = current_ms
             if name in LOSSY and current_ms / ms < s.lossy_min_speedup:
                 record.status = "rejected"
                 record.failures.append(
@@ -129,7 +131,7 @@ def _run_passes(target: ModelTarget, judge: Judge, s: OptimizeSettings, work: Pa
                     f"slower: {ms:.3g} ms vs {current_ms:.3g} ms at batch {batch}"
                 )
             else:
-                current_ms = ms
+                current_call = candidate
         record.seconds = time.perf_counter() - start
         records.append(record)
         if record.status == "kept":

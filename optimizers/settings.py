@@ -74,10 +74,10 @@ class OptimizeSettings(BaseSettings):
         "much faster at a serving batch size, or it is rejected",
     )
     max_slowdown: float = Field(
-        0.03,
+        0.05,
         ge=0,
         description="a pass that holds parity is still rejected when it makes the model this "
-        "much slower (0.03: 3%) at a serving batch size",
+        "much slower (0.05: 5%) at a serving batch size",
     )
     parity: ParitySettings = Field(default_factory=ParitySettings)
     quant: QuantSettings = Field(default_factory=QuantSettings)
