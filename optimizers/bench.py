@@ -8,11 +8,13 @@ import statistics
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
+from inference.runtime.onnx_model import SessionSettings, open_session
 
 Feeds = dict[str, np.ndarray]
 Runner = Callable[[Feeds], Feeds]
@@ -35,20 +37,12 @@ def cores() -> int:
 def session(
     path: Path, threads: int, level: str = "disable", providers: tuple[str, ...] = ()
 ) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = {
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[level]
-    # as pods run (inference.runtime.onnx_model): idle pool threads do not spin, so
-    # sessions measured one after another do not steal each other's cores
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(
-        str(path), opts, providers=list(providers or ["CPUExecutionProvider"])
-    )
+    """A session opened exactly as a pod opens one (no spinning, one inter-op thread),
+    at graph optimisation ``level`` (disable, basic, extended, all)."""
+    settings = SessionSettings(intra_op_threads=threads, graph_optimization=level)
+    if providers:
+        settings = replace(settings, providers=tuple(providers))
+    return open_session(path, settings)
 
 
 def runner(sess: ort.InferenceSession) -> Runner:

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
+from inference.protocol.datatypes import numpy_dtype
 from inference.repository.spec import ModelSpec
 from optimizers.errors import OptimizeError
 from optimizers.settings import ParitySettings
+from tenfold.quality import auc
 
 #: runs a model: feeds -> outputs by name
 Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
@@ -41,19 +43,6 @@ class Verdict:
     @property
     def ok(self) -> bool:
         return not self.failures
-
-
-def auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """ROC AUC (Mann-Whitney U, ties get average ranks)."""
-    pos = labels > 0.5
-    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
-    ends = np.cumsum(counts)
-    avg_rank = ends - (counts - 1) / 2.0  # 1-based average rank of each distinct score
-    ranks = avg_rank[inverse]
-    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def _run_chunked(run: Runner, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -208,29 +197,17 @@ class ImageJudge(Judge):
         return Verdict({"min_psnr_db": psnr, "max_abs_diff": float(np.abs(ref - out).max())}, fails)
 
 
-_NUMPY = {
-    "FP32": np.float32,
-    "FP64": np.float64,
-    "FP16": np.float16,
-    "INT64": np.int64,
-    "INT32": np.int32,
-    "INT8": np.int8,
-    "UINT8": np.uint8,
-    "BOOL": np.bool_,
-}
-
-
 def _random_inputs(spec: ModelSpec, rows: int = 64) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
     data = {}
     for t in spec.inputs:
-        if t.datatype not in _NUMPY:
+        if t.datatype == "BYTES":
             raise OptimizeError(
                 f"model '{spec.name}': input '{t.name}' is {t.datatype}; without "
                 "validation.npz only numeric inputs can be generated"
             )
         shape = (rows if spec.batched else 1, *(d if d > 0 else 16 for d in t.dims))
-        dtype = _NUMPY[t.datatype]
+        dtype = numpy_dtype(t.datatype)
         if np.issubdtype(dtype, np.floating):
             data[t.name] = rng.standard_normal(shape).astype(dtype)
         else:  # ids and flags: zeros are valid for any table

@@ -8,24 +8,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
 
 from tenfold.models.feed_nets import ItemTables, MMoERanker, TwoTower, UserTower
 from tenfold.models.simulate import Logs, SimConfig, World, latest_histories
+from tenfold.quality import auc
 
 Progress = Callable[[str, float], None]
 #: strength of the logQ correction of in-batch negatives (0: none, 1: full)
 LOGQ_WEIGHT = 0.5
-
-
-def auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney U with average ranks for ties)."""
-    pos = labels > 0.5
-    n_pos, n_neg = pos.sum(), (~pos).sum()
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = rankdata(scores)
-    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 @dataclass(frozen=True)

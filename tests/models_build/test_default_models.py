@@ -9,9 +9,9 @@ import pytest
 torch = pytest.importorskip("torch", reason="the default models need the torch extra")
 
 import tritonclient.grpc as tgrpc  # noqa: E402
-from tritonclient.utils import np_to_triton_dtype  # noqa: E402
 
 from inference.process import start_pod  # noqa: E402
+from tests.triton import grpc_infer  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -85,18 +85,12 @@ def test_pod_serves_the_build_with_pytorch_outputs(built):
         client = tgrpc.InferenceServerClient(pod.grpc)
         for model, inputs in result.held_out.items():
             rows = {k: v[:40] for k, v in inputs.items()}
-            infer_inputs = []
-            for name, value in rows.items():
-                item = tgrpc.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
-                item.set_data_from_numpy(value)
-                infer_inputs.append(item)
-            answer = client.infer(model, infer_inputs)
+            answer = grpc_infer(client, model, rows)
             with torch.inference_mode():
                 expected = result.modules[model](*(torch.as_tensor(v) for v in rows.values()))
             if isinstance(expected, torch.Tensor):
                 expected = (expected,)
-            names = [o.name for o in client.get_model_metadata(model).outputs]
-            for name, want in zip(names, expected, strict=True):
-                np.testing.assert_allclose(answer.as_numpy(name), want.numpy(), atol=1e-5)
+            for got, want in zip(answer.values(), expected, strict=True):
+                np.testing.assert_allclose(got, want.numpy(), atol=1e-5)
     finally:
         assert pod.stop() == 0

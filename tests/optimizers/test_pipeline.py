@@ -14,7 +14,6 @@ import pytest
 pytest.importorskip("onnxslim", reason="the optimizers need the optimize extra")
 
 import tritonclient.grpc as tgrpc
-from tritonclient.utils import np_to_triton_dtype
 
 from inference.process import start_pod
 from optimizers.bench import runner, session
@@ -22,6 +21,7 @@ from optimizers.errors import OptimizeError
 from optimizers.pipeline import MANIFEST, optimize
 from optimizers.settings import OptimizeSettings, QuantSettings
 from tests.models import MLP_CONFIG, mlp, write_model
+from tests.triton import grpc_infer
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -34,17 +34,6 @@ def repo(quick_repo, tmp_path):
     dst = tmp_path / "repo"
     shutil.copytree(quick_repo, dst)
     return dst
-
-
-def _infer(client, model, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    inputs = []
-    for name, value in rows.items():
-        item = tgrpc.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
-        item.set_data_from_numpy(value)
-        inputs.append(item)
-    answer = client.infer(model, inputs)
-    names = [o.name for o in client.get_model_metadata(model).outputs]
-    return {n: answer.as_numpy(n) for n in names}
 
 
 def test_ranker_passes_recorded_and_the_new_version_serves(repo):
@@ -75,7 +64,7 @@ def test_ranker_passes_recorded_and_the_new_version_serves(repo):
     try:
         client = tgrpc.InferenceServerClient(pod.grpc)
         assert client.get_model_metadata("feed_ranker").versions == ["2"]
-        served = _infer(client, "feed_ranker", rows)
+        served = grpc_infer(client, "feed_ranker", rows)
     finally:
         assert pod.stop() == 0
     for name, want in original.items():
