@@ -13,7 +13,7 @@ PODS ?= 1
 $(STAMP): pyproject.toml setup.py $(wildcard protos/*/*/*.proto protos/*/*.proto)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,torch,optimize]'
+	$(PY) -m pip install --quiet -e '.[dev,torch,optimize,loadtest]'
 	@touch $(STAMP)
 
 install: $(STAMP)

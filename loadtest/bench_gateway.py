@@ -99,13 +99,9 @@ async def measure(pod, gateway, duration: float) -> dict:
             latency[proto] = {}
             for name in ("direct", "gateway"):
                 merged = [r for n, r in rounds if n == name]
-                first = merged[0]
                 for other in merged[1:]:
-                    first.histogram.add(other.histogram)
-                    first.statuses.update(other.statuses)
-                    first.sent += other.sent
-                    first.duration_s += other.duration_s
-                latency[proto][name] = first.summary()
+                    merged[0].merge(other)
+                latency[proto][name] = merged[0].summary()
             added[proto] = {
                 p: round(
                     latency[proto]["gateway"][f"{p}_ms"] - latency[proto]["direct"][f"{p}_ms"], 3

@@ -1,11 +1,18 @@
-"""Open-loop load: requests start on a fixed schedule (constant rate), whatever the
-server does, and each latency is measured from the request's *scheduled* start, so
-queueing shows up in the percentiles (no coordinated omission). Latencies go into an
-HDR histogram (microseconds, 3 significant digits)."""
+"""Open-loop load: requests start on a fixed schedule (constant rate, or Poisson
+arrivals), whatever the server does, and each latency is measured from the request's
+*scheduled* start, so queueing shows up in the percentiles (no coordinated omission).
+How late the generator itself started each request is recorded apart (``start_lag``):
+when that grows, the generator, not the server, is the bottleneck.
+
+Several processes share one schedule: process ``offset`` of ``stride`` takes every
+``stride``-th arrival of the constant schedule (or its own Poisson stream at
+``rate / stride``), all measured from one ``start`` on the system-wide monotonic clock.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -13,33 +20,51 @@ from dataclasses import dataclass, field
 
 from hdrh.histogram import HdrHistogram
 
-LOWEST_US, HIGHEST_US, DIGITS = 1, 120_000_000, 3
+from loadtest.recorder import CLIENT_OVERFLOW, TIMEOUT, Interval, new_histogram
 
-
-def new_histogram() -> HdrHistogram:
-    return HdrHistogram(LOWEST_US, HIGHEST_US, DIGITS)
+Send = Callable[[], Awaitable[int | str]]
 
 
 @dataclass
 class OpenLoopResult:
     rate: float
     duration_s: float
+    #: first scheduled start to the last completion (>= duration_s when the server lags)
+    elapsed_s: float = 0.0
     sent: int = 0
-    histogram: HdrHistogram = field(default_factory=new_histogram)
-    statuses: Counter = field(default_factory=Counter)
-    #: requests not started because too many were outstanding (the client's own limit)
-    dropped: int = 0
+    total: Interval = field(default_factory=Interval)
+    start_lag: HdrHistogram = field(default_factory=new_histogram)
+
+    @property
+    def histogram(self) -> HdrHistogram:
+        return self.total.histogram
+
+    @property
+    def statuses(self) -> Counter:
+        return self.total.statuses
+
+    @property
+    def dropped(self) -> int:
+        return self.total.statuses.get(CLIENT_OVERFLOW, 0)
 
     @property
     def ok(self) -> int:
-        return sum(n for s, n in self.statuses.items() if s in (200, "OK"))
+        return self.total.ok
 
     @property
     def achieved_rate(self) -> float:
-        return self.ok / self.duration_s
+        return self.ok / max(self.elapsed_s, self.duration_s)
 
     def percentile_ms(self, p: float) -> float:
-        return self.histogram.get_value_at_percentile(p) / 1000
+        return self.total.percentile_ms(p)
+
+    def merge(self, other: OpenLoopResult) -> None:
+        """Add a run that followed this one (same rate) into it."""
+        self.total.add(other.total)
+        self.start_lag.add(other.start_lag)
+        self.sent += other.sent
+        self.duration_s += other.duration_s
+        self.elapsed_s += other.elapsed_s
 
     def summary(self) -> dict:
         return {
@@ -47,68 +72,126 @@ class OpenLoopResult:
             "achieved_rate": round(self.achieved_rate, 1),
             "sent": self.sent,
             "dropped": self.dropped,
-            "statuses": {str(k): v for k, v in sorted(self.statuses.items(), key=str)},
-            **{f"p{p:g}_ms": round(self.percentile_ms(p), 3) for p in (50, 90, 99, 99.9)},
-            "max_ms": round(self.histogram.get_max_value() / 1000, 3),
+            "statuses": dict(sorted(self.statuses.items())),
+            **self.total.latency_summary(),
         }
 
 
+def arrivals(
+    rate: float, duration_s: float, *, poisson: bool, offset: int = 0, stride: int = 1, seed=0
+):
+    """Scheduled start times (seconds after the start) of one process's requests."""
+    if poisson:
+        rng = random.Random(f"{seed}:{offset}")
+        t = rng.expovariate(rate / stride)
+        while t < duration_s:
+            yield t
+            t += rng.expovariate(rate / stride)
+    else:
+        k = offset
+        while k < rate * duration_s:
+            yield k / rate
+            k += stride
+
+
+async def _status(send: Send, timeout_s: float | None) -> str:
+    try:
+        if timeout_s is None:
+            return str(await send())
+        async with asyncio.timeout(timeout_s):
+            return str(await send())
+    except TimeoutError:
+        return TIMEOUT
+    except Exception as exc:  # a transport error is a result, not a crash
+        return type(exc).__name__
+
+
 async def open_loop(
-    send: Callable[[], Awaitable[int | str]],
+    send: Send,
     rate: float,
     duration_s: float,
+    *,
+    poisson: bool = False,
+    seed: int = 0,
+    offset: int = 0,
+    stride: int = 1,
+    start: float | None = None,
     max_outstanding: int = 10_000,
-    clock: Callable[[], float] = time.perf_counter,
+    timeout_s: float | None = None,
+    on_interval: Callable[[int, Interval], None] | None = None,
+    interval_s: float = 1.0,
+    clock: Callable[[], float] = time.monotonic,
 ) -> OpenLoopResult:
-    """Call ``send`` ``rate`` times a second for ``duration_s``; ``send`` returns a status."""
+    """Call ``send`` on the schedule; ``send`` returns a status (HTTP code or gRPC name).
+
+    ``on_interval(i, interval)`` gets what completed in each ``interval_s`` window."""
     if rate <= 0 or duration_s <= 0:
         raise ValueError("rate and duration must be positive")
     result = OpenLoopResult(rate, duration_s)
-    total = int(rate * duration_s)
+    start = clock() if start is None else start
+    current = Interval()
     outstanding: set[asyncio.Task] = set()
-    start = clock()
+    last_done = start
+
+    def flush(index: int) -> None:
+        nonlocal current
+        done, current = current, Interval()
+        result.total.add(done)
+        if on_interval is not None:
+            on_interval(index, done)
+
+    next_index = 0
+
+    async def ticker() -> None:
+        nonlocal next_index
+        while True:
+            await asyncio.sleep(max(0.0, start + (next_index + 1) * interval_s - clock()))
+            flush(next_index)
+            next_index += 1
 
     async def one(scheduled: float) -> None:
-        try:
-            status = await send()
-        except Exception as exc:  # a transport error is a result, not a crash
-            status = type(exc).__name__
-        result.statuses[status] += 1
-        result.histogram.record_value(max(LOWEST_US, int((clock() - scheduled) * 1e6)))
+        nonlocal last_done
+        status = await _status(send, timeout_s)
+        last_done = clock()
+        current.record(status, last_done - scheduled)
 
-    for i in range(total):
-        scheduled = start + i / rate
-        delay = scheduled - clock()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        if len(outstanding) >= max_outstanding:
-            result.dropped += 1
-            continue
-        task = asyncio.create_task(one(scheduled))
-        outstanding.add(task)
-        task.add_done_callback(outstanding.discard)
-        result.sent += 1
-    if outstanding:
-        await asyncio.wait(outstanding)
+    tick = asyncio.create_task(ticker())
+    try:
+        for at in arrivals(
+            rate, duration_s, poisson=poisson, offset=offset, stride=stride, seed=seed
+        ):
+            scheduled = start + at
+            delay = scheduled - clock()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            result.start_lag.record_value(max(1, int((clock() - scheduled) * 1e6)))
+            result.sent += 1
+            if len(outstanding) >= max_outstanding:
+                current.record(CLIENT_OVERFLOW, clock() - scheduled)
+                continue
+            task = asyncio.create_task(one(scheduled))
+            outstanding.add(task)
+            task.add_done_callback(outstanding.discard)
+        if outstanding:
+            await asyncio.wait(outstanding)
+    finally:
+        tick.cancel()
+    result.elapsed_s = max(last_done, start + duration_s) - start
+    flush(next_index)
     return result
 
 
-async def closed_loop(
-    send: Callable[[], Awaitable[int | str]], concurrency: int, duration_s: float
-) -> tuple[float, Counter]:
+async def closed_loop(send: Send, concurrency: int, duration_s: float) -> tuple[float, Counter]:
     """Throughput with ``concurrency`` workers each sending back to back."""
     statuses: Counter = Counter()
-    end = time.perf_counter() + duration_s
+    end = time.monotonic() + duration_s
 
     async def worker() -> None:
-        while time.perf_counter() < end:
-            try:
-                statuses[await send()] += 1
-            except Exception as exc:
-                statuses[type(exc).__name__] += 1
+        while time.monotonic() < end:
+            statuses[await _status(send, None)] += 1
 
-    start = time.perf_counter()
+    start = time.monotonic()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    elapsed = time.perf_counter() - start
-    ok = sum(n for s, n in statuses.items() if s in (200, "OK"))
+    elapsed = time.monotonic() - start
+    ok = sum(n for s, n in statuses.items() if s in ("200", "OK"))
     return ok / elapsed, statuses

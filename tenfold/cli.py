@@ -9,6 +9,7 @@ import typer
 
 from gateway.cli import app as gateway_app
 from inference.cli import app as inference_app
+from loadtest.cli import app as loadtest_app
 from optimizers.cli import optimize_cmd
 from tenfold.models.cli import app as models_app
 
@@ -20,6 +21,7 @@ app = typer.Typer(
 app.add_typer(inference_app, name="inference")
 app.add_typer(gateway_app, name="gateway")
 app.add_typer(models_app, name="models")
+app.add_typer(loadtest_app, name="loadtest")
 app.command("optimize")(optimize_cmd)
 
 
