@@ -60,8 +60,10 @@ def run(
     poisson: Annotated[bool, typer.Option(help="Poisson arrivals instead of constant")] = False,
     rate_steps: Annotated[
         str | None,
-        typer.Option(help="rates to climb, e.g. 100,200,400 or 100:1000:100; stops at the "
-                     "first that misses --p99-ms, --max-error-rate or its rate"),
+        typer.Option(
+            help="rates to climb, e.g. 100,200,400 or 100:1000:100; stops at the "
+            "first that misses --p99-ms, --max-error-rate or its rate"
+        ),
     ] = None,
     p99_ms: Annotated[float | None, typer.Option(help="p99 budget in ms")] = None,
     max_error_rate: Annotated[float, typer.Option(help="error budget per step")] = 0.01,
@@ -77,8 +79,9 @@ def run(
     effects_share: Annotated[float, typer.Option(help="mixed: share of effects")] = 0.1,
     api_key: Annotated[str | None, typer.Option(help="sent as a Bearer token")] = None,
     seed: Annotated[int, typer.Option(help="seed of users, photos and arrivals")] = 0,
-    max_outstanding: Annotated[int, typer.Option(help="per-process cap on requests in flight")]
-    = 10_000,
+    max_outstanding: Annotated[
+        int, typer.Option(help="per-process cap on requests in flight")
+    ] = 10_000,
     allow_remote: Annotated[bool, typer.Option(help="allow a non-loopback target")] = False,
 ) -> None:
     """Send SCENARIO requests to TARGET at a fixed rate and report honest latency."""
@@ -92,13 +95,27 @@ def run(
         rates = (rate,) if rate is not None else parse_rates(rate_steps)
         headers = (("authorization", f"Bearer {api_key}"),) if api_key else ()
         spec = ScenarioSpec(
-            scenario, model=model, batch=batch, image_size=size, effect=effect,
-            feed_count=count, effects_share=effects_share, seed=seed, headers=headers,
+            scenario,
+            model=model,
+            batch=batch,
+            image_size=size,
+            effect=effect,
+            feed_count=count,
+            effects_share=effects_share,
+            seed=seed,
+            headers=headers,
         )
         plan = runner.RunPlan(
-            Target.parse(target, allow_remote=allow_remote), spec, rates, duration,
-            processes=processes, poisson=poisson, warmup_s=warmup, timeout_s=timeout,
-            max_outstanding=max_outstanding, p99_budget_ms=p99_ms,
+            Target.parse(target, allow_remote=allow_remote),
+            spec,
+            rates,
+            duration,
+            processes=processes,
+            poisson=poisson,
+            warmup_s=warmup,
+            timeout_s=timeout,
+            max_outstanding=max_outstanding,
+            p99_budget_ms=p99_ms,
             max_error_rate=max_error_rate,
         )
         steps = runner.run(plan, _Progress(duration))
@@ -111,12 +128,16 @@ def run(
     reports.print_table(reports.steps_table(result))
     lag = max(s["start_lag_ms"]["p99"] for s in result["steps"])
     if lag > 5:
-        typer.echo(f"warning: the generator started requests late (p99 {lag:.1f} ms); "
-                   "latencies include it: add --processes", err=True)
+        typer.echo(
+            f"warning: the generator started requests late (p99 {lag:.1f} ms); "
+            "latencies include it: add --processes",
+            err=True,
+        )
     if len(rates) > 1:
         best = result["best_rate"]
-        typer.echo("no step met the budget" if best is None
-                   else f"highest rate within budget: {best:g}/s")
+        typer.echo(
+            "no step met the budget" if best is None else f"highest rate within budget: {best:g}/s"
+        )
     if report is not None:
         path = reports.write(result, report)
         page = html.render_run(result, report / "report.html")

@@ -37,7 +37,7 @@ def _svg(fig) -> str:
     fig.savefig(buf, format="svg", bbox_inches="tight")
     plt.close(fig)
     text = buf.getvalue()
-    return text[text.index("<svg"):]
+    return text[text.index("<svg") :]
 
 
 def _plt():
@@ -74,8 +74,11 @@ def over_time(report: dict) -> str:
     lat_ax.set_yscale("log")
     lat_ax.set_ylabel("latency ms (from scheduled start)")
     lat_ax.legend(ncol=5, fontsize=8)
-    err_ax.plot(xs, [1 - iv["ok"] / iv["completed"] if iv["completed"] else 0
-                     for _, iv, _ in points], color="tab:red")
+    err_ax.plot(
+        xs,
+        [1 - iv["ok"] / iv["completed"] if iv["completed"] else 0 for _, iv, _ in points],
+        color="tab:red",
+    )
     err_ax.set_ylabel("error rate")
     err_ax.set_xlabel("seconds")
     fig.suptitle(report["label"])
@@ -138,16 +141,25 @@ def _plan_text(report: dict) -> str:
 
 def render_run(report: dict, path: Path) -> Path:
     figures = [over_time(report), spectrum([report])]
-    subtitle = (f"{report['plan']['scenario']['name']} against {report['plan']['target']}, "
-                f"{report['plan']['arrivals']} arrivals, {report['plan']['processes']} process(es)")
-    path.write_text(_page(report["label"], subtitle, _text(steps_table(report)), figures,
-                          [_plan_text(report)]))
+    subtitle = (
+        f"{report['plan']['scenario']['name']} against {report['plan']['target']}, "
+        f"{report['plan']['arrivals']} arrivals, {report['plan']['processes']} process(es)"
+    )
+    path.write_text(
+        _page(report["label"], subtitle, _text(steps_table(report)), figures, [_plan_text(report)])
+    )
     return path
 
 
 def render_compare(reports: list[dict], path: Path) -> Path:
     figures = [spectrum(reports)] + [over_time(r) for r in reports]
-    path.write_text(_page("tenfold load comparison", f"{len(reports)} reports",
-                          _text(compare_table(reports)), figures,
-                          [_plan_text(r) for r in reports]))
+    path.write_text(
+        _page(
+            "tenfold load comparison",
+            f"{len(reports)} reports",
+            _text(compare_table(reports)),
+            figures,
+            [_plan_text(r) for r in reports],
+        )
+    )
     return path

@@ -42,8 +42,14 @@ def step_dict(step: StepResult, plan: RunPlan) -> dict:
         "meets": step.meets(plan),
         "histogram": encode(step.total.histogram),
         "timeline": [
-            {"second": i, "ok": iv.ok, "completed": iv.completed, "errors": iv.errors,
-             **iv.latency_summary(), "histogram": encode(iv.histogram)}
+            {
+                "second": i,
+                "ok": iv.ok,
+                "completed": iv.completed,
+                "errors": iv.errors,
+                **iv.latency_summary(),
+                "histogram": encode(iv.histogram),
+            }
             for i, iv in enumerate(step.timeline)
         ],
     }
@@ -67,8 +73,11 @@ def build(plan: RunPlan, steps: list[StepResult], label: str | None = None) -> d
             "p99_budget_ms": plan.p99_budget_ms,
             "max_error_rate": plan.max_error_rate,
         },
-        "machine": {"host": socket.gethostname(), "cpus": os.cpu_count(),
-                    "python": platform.python_version()},
+        "machine": {
+            "host": socket.gethostname(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+        },
         "best_rate": max((s.rate for s in best), default=None) if len(steps) > 1 else None,
         "steps": [step_dict(s, plan) for s in steps],
     }
@@ -113,9 +122,13 @@ def steps_table(report: dict) -> Table:
         table.add_column("meets")
     for step in report["steps"]:
         lat = step["latency_ms"]
-        row = [f"{step['target_rate']:g}", f"{step['achieved_rate']:.1f}",
-               *(f"{lat[f'p{p:g}_ms']:.2f}" for p in PERCENTILES), f"{lat['max_ms']:.2f}",
-               _errors(step)]
+        row = [
+            f"{step['target_rate']:g}",
+            f"{step['achieved_rate']:.1f}",
+            *(f"{lat[f'p{p:g}_ms']:.2f}" for p in PERCENTILES),
+            f"{lat['max_ms']:.2f}",
+            _errors(step),
+        ]
         if budget:
             row.append("yes" if step["meets"] else "no")
         table.add_row(*row)
@@ -131,8 +144,10 @@ def compare_table(reports: list[dict]) -> Table:
         table.add_column(r["label"], justify="right")
     rows = [("rate", lambda s: s["target_rate"]), ("achieved/s", lambda s: s["achieved_rate"])]
     rows += [(f"p{p:g} ms", lambda s, p=p: s["latency_ms"][f"p{p:g}_ms"]) for p in PERCENTILES]
-    rows += [("max ms", lambda s: s["latency_ms"]["max_ms"]),
-             ("error rate", lambda s: s["error_rate"])]
+    rows += [
+        ("max ms", lambda s: s["latency_ms"]["max_ms"]),
+        ("error rate", lambda s: s["error_rate"]),
+    ]
     for name, get in rows:
         base = get(chosen[0])
         cells = []

@@ -127,8 +127,11 @@ async def _serve_steps(index: int, plan: RunPlan, commands, results) -> None:
                 timeout_s=plan.timeout_s,
                 on_interval=on_interval if record else None,
             )
-            done = {"sent": result.sent, "elapsed": result.elapsed_s,
-                    "start_lag": encode(result.start_lag)}
+            done = {
+                "sent": result.sent,
+                "elapsed": result.elapsed_s,
+                "start_lag": encode(result.start_lag),
+            }
             results.put(("done", index, (step, done)))
 
 
@@ -141,8 +144,7 @@ class Runner:
         self.results = ctx.Queue()
         self.commands = [ctx.Queue() for _ in range(plan.processes)]
         self.procs = [
-            ctx.Process(target=_worker, args=(i, plan, self.commands[i], self.results),
-                        daemon=True)
+            ctx.Process(target=_worker, args=(i, plan, self.commands[i], self.results), daemon=True)
             for i in range(plan.processes)
         ]
 

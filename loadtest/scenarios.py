@@ -186,11 +186,15 @@ def infer_inputs(metadata: list[dict], spec: ScenarioSpec, rng) -> dict[str, np.
     arrays = {}
     for entry in metadata:
         shape = [int(d) for d in entry["shape"]]
-        shape = [spec.batch if i == 0 and d < 0 else (spec.image_size if d < 0 else d)
-                 for i, d in enumerate(shape)]
+        shape = [
+            spec.batch if i == 0 and d < 0 else (spec.image_size if d < 0 else d)
+            for i, d in enumerate(shape)
+        ]
         if entry["datatype"] == "BYTES":
-            raise LoadTestError(f"input {entry['name']!r} is BYTES: the infer scenario "
-                                "generates numeric tensors only")
+            raise LoadTestError(
+                f"input {entry['name']!r} is BYTES: the infer scenario "
+                "generates numeric tensors only"
+            )
         dtype = numpy_dtype(entry["datatype"])
         if np.issubdtype(dtype, np.floating):
             arrays[entry["name"]] = rng.random(shape).astype(dtype)
@@ -236,8 +240,9 @@ async def _infer(spec, target: Target, rng, http, channel) -> Send:
             f"model {spec.model!r} at {target.url}: metadata answered "
             f"{exc.code().name}: {exc.details()}"
         ) from None
-    entries = [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
-               for t in meta.inputs]
+    entries = [
+        {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in meta.inputs
+    ]
     raw = infer_request(spec.model, infer_inputs(entries, spec, nprng)).SerializeToString()
     call = channel.unary_unary(INFER)
 
@@ -275,8 +280,10 @@ async def open_client(target: Target, spec: ScenarioSpec, *, worker: int = 0, li
         else:
             channel = grpc.aio.insecure_channel(
                 target.address,
-                options=[("grpc.max_receive_message_length", 64 << 20),
-                         ("grpc.max_send_message_length", 64 << 20)],
+                options=[
+                    ("grpc.max_receive_message_length", 64 << 20),
+                    ("grpc.max_send_message_length", 64 << 20),
+                ],
             )
             stack.push_async_callback(channel.close)
         yield await _BUILDERS[spec.name](spec, target, rng, http, channel)
