@@ -106,7 +106,8 @@ def _worker(index: int, plan: RunPlan, commands, results) -> None:
 
 async def _serve_steps(index: int, plan: RunPlan, commands, results) -> None:
     loop = asyncio.get_running_loop()
-    async with open_client(plan.target, plan.spec, worker=index) as send:
+    async with open_client(plan.target, plan.spec, worker=index) as client:
+        send = client.send
         results.put(("ready", index, None))
         while (command := await loop.run_in_executor(None, commands.get)) is not None:
             step, rate, duration, start, record = command
@@ -227,21 +228,22 @@ class Runner:
 async def probe(plan: RunPlan) -> str:
     """Send one request of the scenario; its status (raises LoadTestError on a bad one)."""
     plan.target.check_reachable()
-    async with open_client(plan.target, plan.spec, worker=-1) as send:
+    async with open_client(plan.target, plan.spec, worker=-1) as client:
         try:
             async with asyncio.timeout(plan.timeout_s):
-                status = await send()
+                status = await client.send()
         except TimeoutError:
             raise LoadTestError(
-                f"{plan.target.url} did not answer a {plan.spec.name} request in "
+                f"{plan.target.url} did not answer the probe ({plan.spec.name} scenario) in "
                 f"{plan.timeout_s:g} s"
             ) from None
         except OSError as exc:
             raise LoadTestError(f"cannot reach target {plan.target.url}: {exc}") from None
     if status not in ("200", "OK"):
         raise LoadTestError(
-            f"a {plan.spec.name} request to {plan.target.url} answered {status}; check the "
-            "target and the scenario's options (--model, --effect, --api-key)"
+            f"the probe ({plan.spec.name} scenario) to {plan.target.url} answered {status}"
+            f"{': ' + client.last_error if client.last_error else ''}; check the target and "
+            "the scenario's options (--model, --effect, --size, --api-key)"
         )
     return status
 

@@ -14,7 +14,8 @@
   tensors go in the binary extension (as tritonclient sends them).
 
 A client is opened per process with ``open_client(target, spec)``; its ``send()``
-returns the status as a string: the HTTP code, or the gRPC code's name.
+returns the status as a string: the HTTP code, or the gRPC code's name (the detail of
+the last error answer is kept in ``last_error``).
 """
 
 from __future__ import annotations
@@ -101,11 +102,24 @@ class FeedSessions:
             self.open.append((user, seen + items))
 
 
-def _grpc_status(exc: grpc.aio.AioRpcError) -> str:
-    return exc.code().name
+@dataclass
+class Client:
+    """What ``open_client`` yields: ``send()`` and the detail of the last error answer."""
+
+    send: Send
+    last_error: str = ""
+
+    def grpc_status(self, exc: grpc.aio.AioRpcError) -> str:
+        self.last_error = exc.details() or ""
+        return exc.code().name
+
+    def http_status(self, status: int, body: bytes) -> str:
+        if status >= 400:
+            self.last_error = body[:300].decode("utf-8", "replace")
+        return str(status)
 
 
-async def _feed(spec, target: Target, rng, http, channel) -> Send:
+async def _feed(spec, target: Target, rng, http, channel, client) -> Send:
     sessions = FeedSessions(spec, rng)
     if http is not None:
         url = f"{target.url}/v1/feed"
@@ -117,7 +131,7 @@ async def _feed(spec, target: Target, rng, http, channel) -> Send:
                 data = await resp.read()
                 if resp.status == 200:
                     sessions.shown(user, seen, [i["item_id"] for i in orjson.loads(data)["items"]])
-                return str(resp.status)
+                return client.http_status(resp.status, data)
 
         return send
     call = channel.unary_unary(
@@ -134,7 +148,7 @@ async def _feed(spec, target: Target, rng, http, channel) -> Send:
         try:
             answer = await call(request, metadata=spec.headers)
         except grpc.aio.AioRpcError as exc:
-            return _grpc_status(exc)
+            return client.grpc_status(exc)
         sessions.shown(user, seen, [i.item_id for i in answer.items])
         return "OK"
 
@@ -144,7 +158,7 @@ async def _feed(spec, target: Target, rng, http, channel) -> Send:
 _JSON = {"content-type": "application/json"}
 
 
-async def _effects(spec, target: Target, rng, http, channel) -> Send:
+async def _effects(spec, target: Target, rng, http, channel, client) -> Send:
     photos = [body for _, body in uploads(tuple(spec.photo_sizes))]
     if http is not None:
         url = f"{target.url}/v1/effects/{spec.effect}?size={spec.image_size}"
@@ -152,8 +166,7 @@ async def _effects(spec, target: Target, rng, http, channel) -> Send:
 
         async def send() -> str:
             async with http.post(url, data=rng.choice(photos), headers=headers) as resp:
-                await resp.read()
-                return str(resp.status)
+                return client.http_status(resp.status, await resp.read())
 
         return send
     call = channel.unary_unary("/tenfold.v1.Effects/Apply")
@@ -165,15 +178,15 @@ async def _effects(spec, target: Target, rng, http, channel) -> Send:
         try:
             await call(request.SerializeToString(), metadata=spec.headers)
         except grpc.aio.AioRpcError as exc:
-            return _grpc_status(exc)
+            return client.grpc_status(exc)
         return "OK"
 
     return send_grpc
 
 
-async def _mixed(spec, target, rng, http, channel) -> Send:
-    feed = await _feed(spec, target, rng, http, channel)
-    effects = await _effects(spec, target, rng, http, channel)
+async def _mixed(spec, target, rng, http, channel, client) -> Send:
+    feed = await _feed(spec, target, rng, http, channel, client)
+    effects = await _effects(spec, target, rng, http, channel, client)
 
     async def send() -> str:
         return await (effects() if rng.random() < spec.effects_share else feed())
@@ -203,7 +216,7 @@ def infer_inputs(metadata: list[dict], spec: ScenarioSpec, rng) -> dict[str, np.
     return arrays
 
 
-async def _infer(spec, target: Target, rng, http, channel) -> Send:
+async def _infer(spec, target: Target, rng, http, channel, client) -> Send:
     nprng = np.random.default_rng(spec.seed)
     if http is not None:
         base = f"{target.url}/v2/models/{spec.model}"
@@ -228,8 +241,7 @@ async def _infer(spec, target: Target, rng, http, channel) -> Send:
 
         async def send() -> str:
             async with http.post(f"{base}/infer", data=body, headers=headers) as resp:
-                await resp.read()
-                return str(resp.status)
+                return client.http_status(resp.status, await resp.read())
 
         return send
     calls = client_callables(channel)
@@ -250,7 +262,7 @@ async def _infer(spec, target: Target, rng, http, channel) -> Send:
         try:
             await call(raw, metadata=spec.headers)
         except grpc.aio.AioRpcError as exc:
-            return _grpc_status(exc)
+            return client.grpc_status(exc)
         return "OK"
 
     return send_grpc
@@ -260,12 +272,16 @@ def _datatype(meta: dict, name: str) -> str:
     return next(i["datatype"] for i in meta["inputs"] if i["name"] == name)
 
 
+async def _unset() -> str:
+    raise RuntimeError("client not built")
+
+
 _BUILDERS = {"feed": _feed, "effects": _effects, "mixed": _mixed, "infer": _infer}
 
 
 @asynccontextmanager
 async def open_client(target: Target, spec: ScenarioSpec, *, worker: int = 0, limit: int = 0):
-    """Yield ``send`` for ``spec`` against ``target`` (one connection pool per process)."""
+    """Yield a ``Client`` for ``spec`` against ``target`` (one connection pool per process)."""
     rng = random.Random(f"{spec.seed}:{worker}")
     async with AsyncExitStack() as stack:
         http = channel = None
@@ -286,4 +302,6 @@ async def open_client(target: Target, spec: ScenarioSpec, *, worker: int = 0, li
                 ],
             )
             stack.push_async_callback(channel.close)
-        yield await _BUILDERS[spec.name](spec, target, rng, http, channel)
+        client = Client(_unset)
+        client.send = await _BUILDERS[spec.name](spec, target, rng, http, channel, client)
+        yield client

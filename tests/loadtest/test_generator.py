@@ -1,0 +1,149 @@
+"""The open-loop generator keeps its schedule and shows queueing; processes merge."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+from collections import Counter
+
+import aiohttp
+import pytest
+
+from loadtest.openloop import arrivals, open_loop
+from loadtest.recorder import TIMEOUT, Interval, is_ok
+from loadtest.runner import RunPlan, run
+from loadtest.scenarios import FeedSessions, ScenarioSpec
+from loadtest.targets import Target
+from tests.loadtest.slow_server import SlowServer
+
+pytestmark = pytest.mark.integration
+
+
+def feed_sender(session: aiohttp.ClientSession, url: str):
+    async def send() -> int:
+        async with session.post(f"{url}/v1/feed", json={"user_id": 1}) as resp:
+            await resp.read()
+            return resp.status
+
+    return send
+
+
+async def measure(url: str, rate: float, duration: float):
+    async with aiohttp.ClientSession() as session:
+        return await open_loop(feed_sender(session, url), rate, duration)
+
+
+def test_rate_is_kept_and_queueing_shows_in_p99():
+    # capacity 50/s: under it latency is the service time; over it requests queue,
+    # and since latency counts from the scheduled start, p99 grows with the queue
+    with SlowServer(service_s=0.02) as server:
+        under = asyncio.run(measure(server.url, 25, 2.0))
+        over = asyncio.run(measure(server.url, 100, 2.0))
+    assert under.sent == 50 and under.statuses == Counter({"200": 50})
+    assert over.sent == 200 and over.statuses == Counter({"200": 200})  # all sent on time
+    assert over.start_lag.get_value_at_percentile(99) < 20_000  # the generator kept up
+    assert under.percentile_ms(99) < 80
+    # 200 requests at 50/s take 4 s: the last ones waited ~2 s behind the queue
+    assert over.percentile_ms(99) > 1500
+    assert over.percentile_ms(50) > 10 * under.percentile_ms(50)
+    assert over.elapsed_s > 3.5 and over.achieved_rate < 60
+
+
+async def test_unanswered_requests_are_timeouts():
+    async def never() -> str:
+        await asyncio.sleep(60)
+        return "200"
+
+    result = await open_loop(never, 20, 0.5, timeout_s=0.2)
+    assert result.statuses == Counter({TIMEOUT: 10})
+    assert 190 <= result.percentile_ms(50) <= 260  # measured up to the timeout
+
+
+async def test_transport_errors_are_results():
+    async with aiohttp.ClientSession() as session:
+        result = await open_loop(feed_sender(session, "http://127.0.0.1:9"), 20, 0.25)
+    assert result.sent == 5 and result.ok == 0
+    assert result.statuses == Counter({"ClientConnectorError": 5})
+
+
+def test_constant_schedule_is_shared_exactly_across_processes():
+    one = list(arrivals(100, 2.0, poisson=False))
+    parts = [list(arrivals(100, 2.0, poisson=False, offset=i, stride=3)) for i in range(3)]
+    assert len(one) == 200 and sorted(t for p in parts for t in p) == one
+
+
+def test_poisson_arrivals_are_seeded_and_average_the_rate():
+    a = list(arrivals(200, 20.0, poisson=True, seed=7, offset=1, stride=2))
+    b = list(arrivals(200, 20.0, poisson=True, seed=7, offset=1, stride=2))
+    c = list(arrivals(200, 20.0, poisson=True, seed=7, offset=0, stride=2))
+    assert a == b and a != c
+    assert 1900 <= len(a) <= 2100  # 100/s each for 20 s (sd ~45)
+    gaps = [y - x for x, y in itertools.pairwise(a)]
+    assert max(gaps) > 5 * (sum(gaps) / len(gaps))  # exponential gaps, not a metronome
+
+
+def test_intervals_merge_exactly_through_the_wire():
+    rng = random.Random(3)
+    values = [rng.lognormvariate(-4, 1) for _ in range(5000)]
+    whole, parts = Interval(), [Interval(), Interval(), Interval()]
+    for i, v in enumerate(values):
+        status = "200" if i % 50 else "503"
+        whole.record(status, v)
+        parts[i % 3].record(status, v)
+    merged = Interval()
+    for part in parts:
+        merged.add(Interval.from_wire(part.to_wire()))
+    assert merged.statuses == whole.statuses == Counter({"200": 4900, "503": 100})
+    for p in (50, 90, 99, 99.9, 100):
+        assert merged.percentile_ms(p) == whole.percentile_ms(p)
+    assert merged.errors == {"503": 100} and merged.ok == 4900
+    assert is_ok("OK") and is_ok("204") and not is_ok("UNAVAILABLE") and not is_ok("2xx")
+
+
+def test_processes_merge_into_one_report():
+    with SlowServer(service_s=0.001) as server:
+        plan = RunPlan(Target.parse(server.url), ScenarioSpec("feed"), (60.0,), 2.0, processes=3)
+        (step,) = run(plan, check=False)  # no probe request: count only the load
+        handled = server.handled
+    # every scheduled request was sent once, by one of the processes, and recorded once
+    assert step.sent == 120 and step.total.completed == 120 == handled
+    assert step.total.statuses == Counter({"200": 120})
+    assert len(step.timeline) == 2
+    assert sum(iv.completed for iv in step.timeline) == 120
+    assert step.total.histogram.get_total_count() == 120
+    assert step.meets(plan) and step.achieved_rate == pytest.approx(60, rel=0.1)
+
+
+def test_rate_steps_stop_at_the_first_miss():
+    with SlowServer(service_s=0.02) as server:  # 50/s
+        plan = RunPlan(
+            Target.parse(server.url),
+            ScenarioSpec("feed"),
+            (10.0, 30.0, 120.0, 200.0),
+            1.5,
+            p99_budget_ms=200,
+        )
+        steps = run(plan)
+    assert [s.rate for s in steps] == [10.0, 30.0, 120.0]  # 200 never ran
+    assert [s.meets(plan) for s in steps] == [True, True, False]
+    assert steps[2].total.percentile_ms(99) > 200
+
+
+def test_feed_sessions_send_what_was_shown_as_seen():
+    spec = ScenarioSpec("feed", users=1000, next_page_share=1.0, feed_count=2)
+    sessions = FeedSessions(spec, random.Random(1))
+    user, seen, ctx = sessions.next()
+    assert seen == [] and 0 <= user < 1000 and 0 <= ctx["hour"] < 24
+    pages, shown = 1, [10, 11]
+    sessions.shown(user, seen, shown)
+    while True:  # with next_page_share 1 the open session is always continued
+        next_user, seen, _ = sessions.next()
+        if seen == []:
+            break
+        assert next_user == user and seen == shown  # its next page carries all it was shown
+        pages += 1
+        new = [shown[-1] + 1, shown[-1] + 2]
+        sessions.shown(user, seen, new)
+        shown = seen + new
+    assert pages == 5  # a session lasts until 4 pages' worth was seen, then the app reopens
