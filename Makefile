@@ -8,7 +8,7 @@ REPO ?= var/model-repository
 PYTEST_ARGS ?=
 PODS ?= 1
 
-.PHONY: install run test lint protos bench-pod clean
+.PHONY: install run test lint protos bench-pod bench-peers triton-venv clean
 
 $(STAMP): pyproject.toml setup.py $(wildcard protos/*/*/*.proto protos/*/*.proto)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,5 +40,20 @@ protos: $(STAMP)
 bench-pod: $(STAMP)
 	$(PY) -m loadtest.bench_pod --out docs/results/bench_pod.json
 
+# NVIDIA Triton (the tritonserver binary in the nvidia-pytriton wheel) for the peer
+# benchmark; its own venv because it pins numpy<2
+TRITON_VENV ?= .venv-triton
+$(TRITON_VENV)/.installed:
+	@test -x $(TRITON_VENV)/bin/python || $(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/pip install --quiet 'nvidia-pytriton>=0.7' 'numpy<2' onnxruntime
+	@touch $@
+
+triton-venv: $(TRITON_VENV)/.installed
+
+# tenfold vs in-process ORT vs naive PyTorch vs Triton, same load (docs/benchmarks.md)
+bench-peers: $(STAMP) $(TRITON_VENV)/.installed $(REPO)/feed_user_tower/feed_assets.json
+	$(PY) -m loadtest.bench_peers --repository $(REPO) --triton-venv $(TRITON_VENV) \
+		--out docs/results/bench_peers.json
+
 clean:
-	rm -rf $(VENV) var build *.egg-info
+	rm -rf $(VENV) $(TRITON_VENV) var build *.egg-info

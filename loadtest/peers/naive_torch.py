@@ -1,0 +1,111 @@
+"""The "native PyTorch" peer: an aiohttp server that runs the PyTorch module once per
+request, in the handler, with no batching: what a team writes on day one. It speaks
+enough KServe v2 over HTTP (metadata, ready, infer with the binary extension, using
+tenfold's own codec so the protocol costs the same) for the same load to reach it.
+
+    python -m loadtest.peers.naive_torch --repository DIR --models feed_ranker [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import torch
+import uvloop
+from aiohttp import web
+from google.protobuf import text_format
+
+from inference.http.codec import decode_request, encode_response
+from inference.protocol.datatypes import from_config_type, kserve_datatype
+from inference.protocol.tensors import InferResponse, Tensor
+from protos.kserve.v2 import model_config_pb2
+from tenfold.web import json_response
+
+
+class Model:
+    def __init__(self, directory: Path):
+        config = model_config_pb2.ModelConfig()
+        text_format.Parse((directory / "config.pbtxt").read_text(), config)
+        self.name = config.name
+        self.inputs = [
+            (i.name, from_config_type(model_config_pb2.DataType.Name(i.data_type)), list(i.dims))
+            for i in config.input
+        ]
+        self.outputs = [o.name for o in config.output]
+        self.module = torch.load(directory / "pytorch" / "model.pt", weights_only=False).eval()
+
+    def metadata(self) -> dict:
+        return {
+            "name": self.name,
+            "platform": "pytorch_naive",
+            "inputs": [{"name": n, "datatype": t, "shape": [-1, *d]} for n, t, d in self.inputs],
+            "outputs": [{"name": n} for n in self.outputs],
+        }
+
+    def run(self, arrays: dict[str, np.ndarray]) -> list[np.ndarray]:
+        with torch.inference_mode():
+            out = self.module(*(torch.from_numpy(arrays[n]) for n, _, _ in self.inputs))
+        if isinstance(out, dict):
+            out = [out[n] for n in self.outputs]
+        elif isinstance(out, torch.Tensor):
+            out = [out]
+        return [t.numpy() for t in out]
+
+
+def create_app(models: dict[str, Model]) -> web.Application:
+    async def ready(request: web.Request) -> web.Response:
+        return json_response({"ready": True})
+
+    async def metadata(request: web.Request) -> web.Response:
+        return json_response(models[request.match_info["model"]].metadata())
+
+    async def infer(request: web.Request) -> web.Response:
+        model = models[request.match_info["model"]]
+        header = request.headers.get("inference-header-content-length")
+        decoded = decode_request(
+            model.name, "", await request.read(), None if header is None else int(header)
+        )
+        arrays = {t.name: t.data for t in decoded.inputs}
+        outputs = model.run(arrays)  # on the event loop: one request at a time
+        tensors = tuple(
+            Tensor(n, kserve_datatype(a.dtype), a.shape, a)
+            for n, a in zip(model.outputs, outputs, strict=True)
+        )
+        body, headers = encode_response(decoded, InferResponse(model.name, "1", tensors))
+        return web.Response(body=body, headers=headers)
+
+    app = web.Application(client_max_size=64 << 20)
+    app.router.add_get("/v2/health/ready", ready)
+    app.router.add_get("/v2/models/{model}", metadata)
+    app.router.add_post("/v2/models/{model}/infer", infer)
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repository", type=Path, required=True)
+    parser.add_argument("--models", required=True, help="comma-separated model names")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    models = {n: Model(args.repository / n) for n in args.models.split(",")}
+    app = create_app(models)
+
+    async def serve() -> None:
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", args.port)
+        await site.start()
+        port = runner.addresses[0][1]
+        print(f"naive torch: listening http=127.0.0.1:{port}", flush=True)
+        await asyncio.Event().wait()  # until killed
+
+    uvloop.run(serve())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""The peers of the side-by-side benchmark answer what ONNX Runtime answers, and Triton
+is configured like the pod (instances, threads, dynamic batching)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from google.protobuf import text_format
+
+from inference.protocol.datatypes import from_config_type
+from loadtest.bench_peers import check_parity, limit, naive_torch, sample, workloads
+from loadtest.peers import triton
+from protos.kserve.v2 import model_config_pb2
+
+ROOT = Path(__file__).resolve().parents[2]
+TRITON_VENV = ROOT / ".venv-triton"
+
+
+def config(path: Path) -> model_config_pb2.ModelConfig:
+    parsed = model_config_pb2.ModelConfig()
+    text_format.Parse(path.read_text(), parsed)
+    return parsed
+
+
+def test_triton_repository_mirrors_the_pods_config(quick_repo, tmp_path):
+    out = triton.model_repository(quick_repo, ["feed_ranker", "effects_cartoon"], tmp_path)
+    for name in ("feed_ranker", "effects_cartoon"):
+        ours, theirs = (
+            config(quick_repo / name / "config.pbtxt"),
+            config(out / name / "config.pbtxt"),
+        )
+        assert theirs.backend == "python" and not theirs.platform
+        assert theirs.dynamic_batching == ours.dynamic_batching
+        assert list(theirs.instance_group) == list(ours.instance_group)
+        assert theirs.max_batch_size == ours.max_batch_size
+        assert list(theirs.input) == list(ours.input) and list(theirs.output) == list(ours.output)
+        onnx = Path(theirs.parameters["onnx_path"].string_value)
+        assert onnx.is_file() and onnx.parent.parent == (quick_repo / name).resolve()
+        assert (out / name / "1" / "model.py").is_file()
+
+
+def reference(repo: Path, work) -> tuple[dict, dict]:
+    metadata = [
+        {
+            "name": i.name,
+            "datatype": from_config_type(model_config_pb2.DataType.Name(i.data_type)),
+            "shape": [-1, *i.dims],
+        }
+        for i in config(repo / work.model / "config.pbtxt").input
+    ]
+    feeds = sample(work, metadata)
+    return feeds, limit(repo, work, feeds, seconds=0.2)["reference"]
+
+
+@pytest.mark.integration
+def test_naive_torch_server_matches_onnx_runtime(quick_repo):
+    works = workloads(rows=8)
+    with naive_torch(quick_repo, [w.model for w in works]) as address:
+        for work in works:
+            feeds, ref = reference(quick_repo, work)
+            assert check_parity(address, work, feeds, ref) <= work.tolerance
+            wrong = {k: ref_value + 1 for k, ref_value in ref.items()}
+            with pytest.raises(RuntimeError, match="away from ONNX Runtime"):
+                check_parity(address, work, feeds, wrong)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.skipif(not TRITON_VENV.is_dir(), reason="no .venv-triton (make triton-venv)")
+def test_triton_serves_the_models_like_onnx_runtime(quick_repo, tmp_path):
+    models = ["feed_ranker", "effects_cartoon"]
+    repo = triton.model_repository(quick_repo, models, tmp_path / "models")
+    server = triton.start(TRITON_VENV, repo, tmp_path)
+    try:
+        for work in workloads(rows=8):
+            feeds, ref = reference(quick_repo, work)
+            assert check_parity(server.http, work, feeds, ref) <= work.tolerance
+    finally:
+        server.stop()
