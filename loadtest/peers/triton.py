@@ -14,6 +14,8 @@ from __future__ import annotations
 import shutil
 import socket
 import sysconfig
+import time
+import urllib.request
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -102,4 +104,15 @@ def start(venv: Path, repository: Path, work: Path) -> Pod:
         server.stop()
         raise TritonUnavailable(f"tritonserver did not start:\n{output[-3000:]}")
     server.http_port, server.grpc_port = ports["http"], ports["grpc"]
-    return server
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # the log line comes before the models are ready
+        try:
+            with urllib.request.urlopen(f"http://{server.http}/v2/health/ready", timeout=2):
+                return server
+        except OSError:
+            if server.proc.poll() is not None:
+                break
+            time.sleep(0.2)
+    output = server.output()
+    server.stop()
+    raise TritonUnavailable(f"tritonserver did not become ready:\n{output[-3000:]}")
