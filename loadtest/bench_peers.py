@@ -41,7 +41,10 @@ import numpy as np
 import tritonclient.http as th
 
 from inference.process import Pod, spawn, start_pod
+from inference.protocol.datatypes import kserve_datatype
 from loadtest.peers import triton
+from loadtest.peers.repo import metadata as model_metadata
+from loadtest.peers.repo import parallelism, served
 from loadtest.runner import RunPlan, run
 from loadtest.scenarios import ScenarioSpec, infer_inputs
 from loadtest.targets import Target
@@ -59,6 +62,12 @@ class Workload:
     ladder: tuple[float, ...]
     limit_batches: tuple[int, ...]
     tolerance: float
+
+    def spec(self) -> ScenarioSpec:
+        """The ``infer`` scenario every server is loaded with."""
+        return ScenarioSpec(
+            "infer", model=self.model, batch=self.rows, image_size=self.image_size or 256
+        )
 
 
 def ladder(start: float, factor: float, top: float) -> tuple[float, ...]:
@@ -96,22 +105,16 @@ def workloads(rows: int) -> list[Workload]:
 
 
 def sample(work: Workload, metadata: list[dict], seed: int = 1) -> dict[str, np.ndarray]:
-    spec = ScenarioSpec(
-        "infer", model=work.model, batch=work.rows, image_size=work.image_size or 256
-    )
-    return infer_inputs(metadata, spec, np.random.default_rng(seed))
+    return infer_inputs(metadata, work.spec(), np.random.default_rng(seed))
 
 
 def limit(repo: Path, work: Workload, feeds: dict[str, np.ndarray], seconds: float) -> dict:
     """In-process ORT: best rows/s over batch sizes, with the pod's instances x threads."""
     from optimizers import bench
 
-    model = repo / work.model
-    version = max(int(p.name) for p in model.iterdir() if p.name.isdigit())
-    instances, threads = pod_parallelism(model)
-    sessions = [
-        bench.session(model / str(version) / "model.onnx", threads, "all") for _ in range(instances)
-    ]
+    config, onnx = served(repo / work.model)
+    instances, threads = parallelism(config)
+    sessions = [bench.session(onnx, threads, "all") for _ in range(instances)]
     per_batch = {}
     for batch in work.limit_batches:
         reps = -(-batch // work.rows)
@@ -129,26 +132,12 @@ def limit(repo: Path, work: Workload, feeds: dict[str, np.ndarray], seconds: flo
     }
 
 
-def pod_parallelism(model: Path) -> tuple[int, int]:
-    from google.protobuf import text_format
-
-    from protos.kserve.v2 import model_config_pb2
-
-    config = model_config_pb2.ModelConfig()
-    text_format.Parse((model / "config.pbtxt").read_text(), config)
-    instances = sum(g.count or 1 for g in config.instance_group) or 1
-    threads = int(config.parameters["intra_op_thread_count"].string_value or 1)
-    return instances, threads
-
-
 def check_parity(address: str, work: Workload, feeds, reference: dict) -> float:
     """Largest difference between the server's outputs and in-process ORT's."""
     client = th.InferenceServerClient(address, network_timeout=120)
     inputs = []
     for name, array in feeds.items():
-        tensor = th.InferInput(
-            name, list(array.shape), "INT64" if array.dtype == np.int64 else "FP32"
-        )
+        tensor = th.InferInput(name, list(array.shape), kserve_datatype(array.dtype))
         tensor.set_data_from_numpy(array, binary_data=True)
         inputs.append(tensor)
     result = client.infer(work.model, inputs)
@@ -159,9 +148,7 @@ def check_parity(address: str, work: Workload, feeds, reference: dict) -> float:
 
 
 def load(address: str, work: Workload, duration: float, label: str) -> dict:
-    spec = ScenarioSpec(
-        "infer", model=work.model, batch=work.rows, image_size=work.image_size or 256
-    )
+    spec = work.spec()
     target = Target.parse(f"http://{address}")
     print(f"  {label}: rate ladder {work.ladder[0]:g}..", file=sys.stderr, flush=True)
     plan = RunPlan(
@@ -257,11 +244,7 @@ def measure_all(repo: Path, venv: Path | None, duration: float, rows: int) -> di
     if venv is not None:
         servers["Triton"] = lambda: triton_server(repo, models, venv)
     results: dict = {w.name: {"servers": {}} for w in works}
-    metas = {}
-    with tenfold_stack(repo, False) as pod:
-        client = th.InferenceServerClient(pod)
-        for w in works:
-            metas[w.name] = client.get_model_metadata(w.model)["inputs"]
+    metas = {w.name: model_metadata(served(repo / w.model)[0]) for w in works}
     for w in works:
         print(f"{w.name}: in-process ONNX Runtime limit", file=sys.stderr, flush=True)
         feeds = sample(w, metas[w.name])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -30,6 +32,16 @@ def parse_rates(text: str) -> tuple[float, ...]:
         raise LoadTestError(
             f"--rate-steps {text!r}: give rates as 100,200,400 or start:stop:step"
         ) from None
+
+
+@contextmanager
+def _exit_2_on_error() -> Iterator[None]:
+    """A bad argument or an unusable target: its message, exit code 2."""
+    try:
+        yield
+    except LoadTestError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 class _Progress:
@@ -89,7 +101,7 @@ def run(
     from loadtest import report as reports
     from loadtest.scenarios import ScenarioSpec
 
-    try:
+    with _exit_2_on_error():
         if (rate is None) == (rate_steps is None):
             raise LoadTestError("give one of --rate or --rate-steps")
         rates = (rate,) if rate is not None else parse_rates(rate_steps)
@@ -119,9 +131,6 @@ def run(
             max_error_rate=max_error_rate,
         )
         steps = runner.run(plan, _Progress(duration))
-    except LoadTestError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
     if sys.stderr.isatty():
         print(file=sys.stderr)
     result = reports.build(plan, steps, label)
@@ -153,13 +162,10 @@ def compare(
     from loadtest import html
     from loadtest import report as reports
 
-    try:
+    with _exit_2_on_error():
         if len(reports_in) < 2:
             raise LoadTestError("compare needs two or more reports")
         loaded = [reports.load(p) for p in reports_in]
-    except LoadTestError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
     reports.print_table(reports.compare_table(loaded))
     if html_out is not None:
         html.render_compare(loaded, html_out)
@@ -175,10 +181,7 @@ def html_cmd(
     from loadtest import html
     from loadtest import report as reports
 
-    try:
+    with _exit_2_on_error():
         loaded = reports.load(report_in)
-    except LoadTestError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
     base = report_in if report_in.is_dir() else report_in.parent
     typer.echo(html.render_run(loaded, out or base / "report.html"))

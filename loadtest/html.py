@@ -6,6 +6,7 @@ no network needed to open it."""
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 from jinja2 import Environment, select_autoescape
@@ -131,8 +132,6 @@ def _page(title: str, subtitle: str, table: str, figures: list[str], plans: list
 
 
 def _plan_text(report: dict) -> str:
-    import json
-
     return f"{report['label']}\n" + json.dumps(
         {"plan": report["plan"], "machine": report["machine"], "created": report["created"]},
         indent=1,

@@ -33,7 +33,7 @@ import orjson
 from tritonclient.http import InferenceServerClient, InferInput, InferRequestedOutput
 
 from gateway.kserve import INFER, infer_request
-from inference.protocol.datatypes import numpy_dtype
+from inference.protocol.datatypes import kserve_datatype, numpy_dtype
 from inference.protocol.kserve_grpc import client_callables
 from loadtest.photos import uploads
 from loadtest.targets import LoadTestError, Target
@@ -230,7 +230,7 @@ async def _infer(spec, target: Target, rng, http, channel, client) -> Send:
         arrays = infer_inputs(meta["inputs"], spec, nprng)
         inputs = []
         for name, array in arrays.items():
-            tensor = InferInput(name, list(array.shape), _datatype(meta, name))
+            tensor = InferInput(name, list(array.shape), kserve_datatype(array.dtype))
             tensor.set_data_from_numpy(array, binary_data=True)
             inputs.append(tensor)
         outputs = [InferRequestedOutput(o["name"], binary_data=True) for o in meta["outputs"]]
@@ -266,10 +266,6 @@ async def _infer(spec, target: Target, rng, http, channel, client) -> Send:
         return "OK"
 
     return send_grpc
-
-
-def _datatype(meta: dict, name: str) -> str:
-    return next(i["datatype"] for i in meta["inputs"] if i["name"] == name)
 
 
 async def _unset() -> str:

@@ -16,24 +16,19 @@ import numpy as np
 import torch
 import uvloop
 from aiohttp import web
-from google.protobuf import text_format
 
 from inference.http.codec import decode_request, encode_response
-from inference.protocol.datatypes import from_config_type, kserve_datatype
+from inference.protocol.datatypes import kserve_datatype
 from inference.protocol.tensors import InferResponse, Tensor
-from protos.kserve.v2 import model_config_pb2
+from loadtest.peers import repo
 from tenfold.web import json_response
 
 
 class Model:
     def __init__(self, directory: Path):
-        config = model_config_pb2.ModelConfig()
-        text_format.Parse((directory / "config.pbtxt").read_text(), config)
+        config = repo.served(directory)[0]
         self.name = config.name
-        self.inputs = [
-            (i.name, from_config_type(model_config_pb2.DataType.Name(i.data_type)), list(i.dims))
-            for i in config.input
-        ]
+        self.inputs = repo.metadata(config)
         self.outputs = [o.name for o in config.output]
         self.module = torch.load(directory / "pytorch" / "model.pt", weights_only=False).eval()
 
@@ -41,13 +36,13 @@ class Model:
         return {
             "name": self.name,
             "platform": "pytorch_naive",
-            "inputs": [{"name": n, "datatype": t, "shape": [-1, *d]} for n, t, d in self.inputs],
+            "inputs": self.inputs,
             "outputs": [{"name": n} for n in self.outputs],
         }
 
     def run(self, arrays: dict[str, np.ndarray]) -> list[np.ndarray]:
         with torch.inference_mode():
-            out = self.module(*(torch.from_numpy(arrays[n]) for n, _, _ in self.inputs))
+            out = self.module(*(torch.from_numpy(arrays[i["name"]]) for i in self.inputs))
         if isinstance(out, dict):
             out = [out[n] for n in self.outputs]
         elif isinstance(out, torch.Tensor):

@@ -21,7 +21,7 @@ from pathlib import Path
 from google.protobuf import text_format
 
 from inference.process import Pod, spawn
-from protos.kserve.v2 import model_config_pb2
+from loadtest.peers.repo import THREADS, parallelism, served
 
 HERE = Path(__file__).parent
 
@@ -40,16 +40,13 @@ def site_packages(venv: Path) -> Path:
 def model_repository(source: Path, models: list[str], out: Path) -> Path:
     """A Triton repository serving ``models`` of ``source`` via the Python backend."""
     for name in models:
-        config = model_config_pb2.ModelConfig()
-        text_format.Parse((source / name / "config.pbtxt").read_text(), config)
-        version = max(int(p.name) for p in (source / name).iterdir() if p.name.isdigit())
-        threads = config.parameters["intra_op_thread_count"].string_value or "1"
+        config, onnx = served(source / name)
+        threads = str(parallelism(config)[1])
         config.ClearField("platform")
         config.ClearField("optimization")
         config.ClearField("model_warmup")
         config.backend = "python"
-        config.parameters["intra_op_thread_count"].string_value = threads
-        onnx = (source / name / str(version) / "model.onnx").resolve()
+        config.parameters[THREADS].string_value = threads
         config.parameters["onnx_path"].string_value = str(onnx)
         (out / name / "1").mkdir(parents=True, exist_ok=True)
         (out / name / "config.pbtxt").write_text(text_format.MessageToString(config))

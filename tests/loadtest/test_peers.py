@@ -6,30 +6,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from google.protobuf import text_format
 
-from inference.protocol.datatypes import from_config_type
+from inference.repository.config import read_config
 from loadtest.bench_peers import check_parity, limit, naive_torch, sample, workloads
 from loadtest.peers import triton
-from protos.kserve.v2 import model_config_pb2
+from loadtest.peers.repo import metadata
 
 ROOT = Path(__file__).resolve().parents[2]
 TRITON_VENV = ROOT / ".venv-triton"
 
 
-def config(path: Path) -> model_config_pb2.ModelConfig:
-    parsed = model_config_pb2.ModelConfig()
-    text_format.Parse(path.read_text(), parsed)
-    return parsed
-
-
 def test_triton_repository_mirrors_the_pods_config(quick_repo, tmp_path):
     out = triton.model_repository(quick_repo, ["feed_ranker", "effects_cartoon"], tmp_path)
     for name in ("feed_ranker", "effects_cartoon"):
-        ours, theirs = (
-            config(quick_repo / name / "config.pbtxt"),
-            config(out / name / "config.pbtxt"),
-        )
+        ours, theirs = read_config(quick_repo / name), read_config(out / name)
         assert theirs.backend == "python" and not theirs.platform
         assert theirs.dynamic_batching == ours.dynamic_batching
         assert list(theirs.instance_group) == list(ours.instance_group)
@@ -41,15 +31,7 @@ def test_triton_repository_mirrors_the_pods_config(quick_repo, tmp_path):
 
 
 def reference(repo: Path, work) -> tuple[dict, dict]:
-    metadata = [
-        {
-            "name": i.name,
-            "datatype": from_config_type(model_config_pb2.DataType.Name(i.data_type)),
-            "shape": [-1, *i.dims],
-        }
-        for i in config(repo / work.model / "config.pbtxt").input
-    ]
-    feeds = sample(work, metadata)
+    feeds = sample(work, metadata(read_config(repo / work.model)))
     return feeds, limit(repo, work, feeds, seconds=0.2)["reference"]
 
 
