@@ -8,7 +8,7 @@ REPO ?= var/model-repository
 PYTEST_ARGS ?=
 PODS ?= 1
 
-.PHONY: install run test lint protos bench-pod bench-peers triton-venv clean
+.PHONY: install run test lint protos bench-pod bench-gateway bench-peers triton-venv clean
 
 $(STAMP): pyproject.toml setup.py $(wildcard protos/*/*/*.proto protos/*/*.proto)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,8 +37,12 @@ lint: $(STAMP)
 protos: $(STAMP)
 	$(PY) -c 'import setup; setup.generate_protos()'
 
+# the benchmarks of docs/benchmarks.md (`tenfold loadtest bench --help`)
 bench-pod: $(STAMP)
-	$(PY) -m loadtest.bench_pod --out docs/results/bench_pod.json
+	$(TENFOLD) loadtest bench pod --out docs/results/bench_pod.json
+
+bench-gateway: $(STAMP) $(REPO)/feed_user_tower/feed_assets.json
+	$(TENFOLD) loadtest bench gateway --repository $(REPO) --out docs/results/bench_gateway.json
 
 # NVIDIA Triton (the tritonserver binary in the nvidia-pytriton wheel) for the peer
 # benchmark; its own venv because it pins numpy<2
@@ -52,7 +56,7 @@ triton-venv: $(TRITON_VENV)/.installed
 
 # tenfold vs in-process ORT vs naive PyTorch vs Triton, same load (docs/benchmarks.md)
 bench-peers: $(STAMP) $(TRITON_VENV)/.installed $(REPO)/feed_user_tower/feed_assets.json
-	$(PY) -m loadtest.bench_peers --repository $(REPO) --triton-venv $(TRITON_VENV) \
+	$(TENFOLD) loadtest bench peers --repository $(REPO) --triton-venv $(TRITON_VENV) \
 		--out docs/results/bench_peers.json
 
 clean:

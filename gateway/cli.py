@@ -15,6 +15,10 @@ app = typer.Typer(
 @app.command()
 def serve(
     config: Annotated[Path | None, typer.Option("--config", help="YAML file of settings")] = None,
+    ready_file: Annotated[
+        Path | None,
+        typer.Option(help="Write the ready state (JSON: state, ports) here, for launchers"),
+    ] = None,
     port: Annotated[int | None, typer.Option(help="HTTP port (default 8080; 0 = any free)")] = None,
     grpc_port: Annotated[
         int | None, typer.Option(help="gRPC port (default 8081; 0 = any free)")
@@ -25,9 +29,9 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default 0.0.0.0)")] = None,
 ) -> None:
     """Serve the gateway until SIGTERM. Every setting also reads TENFOLD_GATEWAY_<NAME>."""
-    from gateway.main import run
+    from gateway.main import run_gateway
     from gateway.settings import GatewaySettings
-    from tenfold.settings import SettingsError, load_settings
+    from servicekit.settings import SettingsError, load_settings
 
     try:
         settings = load_settings(
@@ -36,7 +40,7 @@ def serve(
     except SettingsError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    raise typer.Exit(run(settings))
+    raise typer.Exit(run_gateway(settings, ready_file))
 
 
 @app.command("hash-key")

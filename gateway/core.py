@@ -14,28 +14,15 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 
-import aiohttp
-from aiohttp import ClientTimeout
-
 from gateway.admission import Admission
 from gateway.auth import Authenticator, Tenant
 from gateway.effects import EffectsPipeline, Rendered
 from gateway.experiments import assign
 from gateway.feed import FeedAnswer, FeedBody, FeedItemOut, FeedPipeline
-from gateway.kserve import call_raw
 from gateway.metrics import GatewayMetrics
-from gateway.pools import Endpoint, PoolRegistry, UpstreamError
 from gateway.settings import GatewaySettings
-from inference.protocol.errors import (
-    DeadlineExceeded,
-    ModelNotFound,
-    ServerUnavailable,
-    TenfoldError,
-    TooManyRequests,
-)
-
-#: upstream response headers an HTTP pass-through answer keeps
-_PASSED = {"content-type", "inference-header-content-length", "retry-after"}
+from gateway.upstream import Upstream
+from inference.protocol.errors import ServerUnavailable, TenfoldError, TooManyRequests
 
 
 @dataclass
@@ -53,7 +40,7 @@ class Call:
 @dataclass(frozen=True)
 class CoreDeps:
     settings: GatewaySettings
-    pools: PoolRegistry
+    upstream: Upstream
     feed: FeedPipeline | None
     effects: EffectsPipeline
     metrics: GatewayMetrics
@@ -63,7 +50,7 @@ class CoreDeps:
 class GatewayCore:
     def __init__(self, deps: CoreDeps) -> None:
         self.settings = deps.settings
-        self.pools = deps.pools
+        self.upstream = deps.upstream
         self.feed_pipeline = deps.feed
         self.effects = deps.effects
         self.metrics = deps.metrics
@@ -147,53 +134,19 @@ class GatewayCore:
     ) -> Rendered:
         return await self.effects.apply(effect, data, size, fmt, call.deadline, call.request_id)
 
-    def pool_for_model(self, model: str) -> str:
-        for name, pool in self.settings.pools.items():
-            if model in pool.models:
-                return name
-        if len(self.settings.pools) == 1:
-            return next(iter(self.settings.pools))
-        raise ModelNotFound(f"no pool serves model {model!r}")
-
     async def infer_raw(self, model: str, method_path: str, request: bytes, call: Call) -> bytes:
         """KServe v2 gRPC pass-through: ``request`` goes to the model's pool unchanged."""
-        pool = self.pools.get(self.pool_for_model(model))
-        return await call_raw(pool, method_path, request, call.deadline)
+        return await self.upstream.infer_raw(model, method_path, request, call.deadline)
 
     async def http_passthrough(
         self, model: str, method: str, path: str, body: bytes, headers: dict[str, str], call: Call
     ) -> tuple[int, dict[str, str], bytes]:
         """KServe v2 HTTP pass-through to an endpoint's HTTP address."""
-        pool = self.pools.get(self.pool_for_model(model))
-        session = self.pools.http
-        if session is None:
-            raise ServerUnavailable("HTTP pass-through is not configured")
-
-        async def attempt(endpoint: Endpoint, timeout_s: float):
-            if not endpoint.settings.http:
-                raise UpstreamError(ServerUnavailable("endpoint has no HTTP address"), True, False)
-            url = f"http://{endpoint.settings.http}{path}"
-            try:
-                async with session.request(
-                    method, url, data=body, headers=headers, timeout=ClientTimeout(total=timeout_s)
-                ) as resp:
-                    data = await resp.read()
-                    kept = {k: v for k, v in resp.headers.items() if k.lower() in _PASSED}
-                    return resp.status, kept, data
-            except (aiohttp.ClientConnectionError, ConnectionError) as exc:
-                raise UpstreamError(
-                    ServerUnavailable(f"pool {pool.name!r}: {exc}"), True, True
-                ) from None
-            except TimeoutError:
-                raise UpstreamError(
-                    DeadlineExceeded("deadline expired upstream"), False, False
-                ) from None
-
-        return await pool.call(attempt, call.deadline)
+        return await self.upstream.http(model, method, path, body, headers, call.deadline)
 
     def ready(self) -> dict[str, int]:
         """Ready endpoints per pool; the gateway is ready when every pool has one."""
-        return {name: pool.ready_endpoints() for name, pool in self.pools.pools.items()}
+        return self.upstream.ready()
 
     def is_ready(self) -> bool:
         counts = self.ready()

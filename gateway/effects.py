@@ -10,9 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from gateway.kserve import infer
-from gateway.pools import Pool
 from gateway.settings import EffectSettings
+from gateway.upstream import ModelClient
 from inference.protocol.errors import InvalidInput, NotFound, PayloadTooLarge
 
 FORMATS = {"jpeg": "image/jpeg", "png": "image/png"}
@@ -60,9 +59,11 @@ def encode(chw: np.ndarray, fmt: str) -> Rendered:
 
 
 class EffectsPipeline:
-    def __init__(self, effects: dict[str, EffectSettings], pool: Pool, max_pixels: int) -> None:
+    def __init__(
+        self, effects: dict[str, EffectSettings], models: ModelClient, max_pixels: int
+    ) -> None:
         self.effects = effects
-        self.pool = pool
+        self.models = models
         self.max_pixels = max_pixels
 
     def listing(self) -> list[dict]:
@@ -96,6 +97,6 @@ class EffectsPipeline:
             raise InvalidInput(f"output format: {fmt!r} is not one of {sorted(FORMATS)}")
         loop = asyncio.get_running_loop()
         image = await loop.run_in_executor(None, decode, data, self.max_pixels, side)
-        out, _ = await infer(self.pool, effect.model, {"image": image}, deadline, "", request_id)
+        out, _ = await self.models.infer(effect.model, {"image": image}, deadline, "", request_id)
         stylized = next(iter(out.values()))[0]
         return await loop.run_in_executor(None, encode, stylized, fmt)

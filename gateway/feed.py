@@ -12,9 +12,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.experiments import Arm
-from gateway.kserve import infer
-from gateway.pools import Pool
 from gateway.settings import FeedSettings
+from gateway.upstream import ModelClient
 from inference.protocol.errors import InvalidInput
 
 HEADS = ("p_finish", "p_like", "p_share", "watch")
@@ -128,10 +127,10 @@ def _top_diverse(
 
 
 class FeedPipeline:
-    def __init__(self, settings: FeedSettings, assets: FeedAssets, pool: Pool) -> None:
+    def __init__(self, settings: FeedSettings, assets: FeedAssets, models: ModelClient) -> None:
         self.settings = settings
         self.assets = assets
-        self.pool = pool
+        self.models = models
         unknown = sorted(set(settings.weights) - set(HEADS))
         if unknown:
             raise ValueError(f"feed.weights: unknown heads {unknown}; heads: {list(HEADS)}")
@@ -181,8 +180,7 @@ class FeedPipeline:
         loop = asyncio.get_running_loop()
         vec = None
         if user is not None or history.any():
-            out, _ = await infer(
-                self.pool,
+            out, _ = await self.models.infer(
                 self.settings.user_tower_model,
                 {"user_ctx": ctx, "history": history},
                 deadline,
@@ -194,8 +192,7 @@ class FeedPipeline:
             return FeedResult([], "")
         n = len(ids)
         ranker = arm.ranker_model or self.settings.ranker_model
-        heads, version = await infer(
-            self.pool,
+        heads, version = await self.models.infer(
             ranker,
             {
                 "user_ctx": np.repeat(ctx, n, axis=0),

@@ -1,133 +1,129 @@
 """Run the gateway in the foreground: one worker in this process, or a supervisor with
-N worker processes sharing the ports (SO_REUSEPORT). SIGTERM/SIGINT drains."""
+N worker processes sharing the ports (SO_REUSEPORT) that restarts a worker that dies.
+SIGTERM/SIGINT drains. The loop, the ready file and the supervisor are servicekit's."""
 
 from __future__ import annotations
 
-import asyncio
-import gc
-import logging
-import multiprocessing
 import os
+import shutil
 import signal
 import sys
 import tempfile
-
-import uvloop
+import threading
+from collections.abc import Mapping
+from pathlib import Path
 
 from gateway.server import GatewayServer, build_core
 from gateway.settings import GatewaySettings
+from servicekit.launcher import LaunchError
+from servicekit.logs import say, setup_logging
+from servicekit.ready import ReadyState, write_ready
+from servicekit.runloop import RunOptions, StartError, run
+from servicekit.supervisor import Supervisor
 
-log = logging.getLogger("tenfold.gateway")
-
-
-def _say(text: str) -> None:
-    print(f"tenfold gateway: {text}", flush=True)
-
-
-async def serve(settings: GatewaySettings, ready=None) -> int:
-    try:
-        core = build_core(settings)
-    except ValueError as exc:
-        print(f"tenfold gateway: cannot start: {exc}", file=sys.stderr, flush=True)
-        return 1
-    server = GatewayServer(settings, core)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        ports = await server.start()
-    except (OSError, RuntimeError) as exc:
-        print(f"tenfold gateway: cannot listen: {exc}", file=sys.stderr, flush=True)
-        await server.close()
-        return 1
-    # everything built so far lives as long as the process: keep it out of the
-    # collector's generations so full collections stay short under load
-    gc.collect()
-    gc.freeze()
-    if ready is not None:
-        ready.put((os.getpid(), ports.http, ports.grpc))
-    else:
-        _announce(settings, server.host, ports.http, ports.grpc)
-    await stop.wait()
-    await server.drain()
-    if ready is None:
-        _say("stopped")
-    return 0
+NAME = "gateway"
 
 
-def _announce(settings: GatewaySettings, host: str, http: int, grpc: int) -> None:
-    if settings.loopback_only:
-        _say("no API keys configured: listening on loopback only (127.0.0.1)")
-    _say(f"listening http={host}:{http} grpc={host}:{grpc} workers={settings.workers}")
-    pools = ", ".join(f"{n} ({len(p.endpoints)} endpoints)" for n, p in settings.pools.items())
-    _say(f"ready, pools: {pools or 'none'}")
+class GatewayService:
+    """One gateway worker as a servicekit ``Service``."""
 
-
-def _logging(settings: GatewaySettings) -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-
-
-def _worker(settings_json: str, ready) -> None:
-    settings = GatewaySettings.model_validate_json(settings_json)
-    _logging(settings)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor forwards SIGTERM
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        code = runner.run(serve(settings, ready))
-    sys.exit(code)
-
-
-def _supervise(settings: GatewaySettings) -> int:
-    if settings.port == 0 or settings.grpc_port == 0:
-        print(
-            "tenfold gateway: --workers > 1 needs fixed ports (not 0)", file=sys.stderr, flush=True
-        )
-        return 1
-    metrics_dir = tempfile.mkdtemp(prefix="tenfold-gateway-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # before the workers start
-    ctx = multiprocessing.get_context("spawn")
-    ready = ctx.Queue()
-    procs = [
-        ctx.Process(target=_worker, args=(settings.model_dump_json(), ready), daemon=False)
-        for _ in range(settings.workers)
-    ]
-    for proc in procs:
-        proc.start()
-    stopping = False
-
-    def stop(signum, frame) -> None:
-        nonlocal stopping
-        stopping = True
-        for proc in procs:
-            if proc.is_alive():
-                proc.terminate()  # SIGTERM: each worker drains
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    started = 0
-    while started < len(procs):
+    def __init__(self, settings: GatewaySettings) -> None:
         try:
-            _, http, grpc = ready.get(timeout=0.5)
-            started += 1
-        except Exception:
-            if stopping or any(p.exitcode not in (None, 0) for p in procs):
-                stop(None, None)
-                for proc in procs:
-                    proc.join()
-                return 1
-    host = "127.0.0.1" if settings.loopback_only else settings.host
-    _announce(settings, host, http, grpc)
-    for proc in procs:
-        proc.join()
-    _say("stopped")
-    return 0 if all(p.exitcode == 0 for p in procs) else 1
+            core = build_core(settings)
+        except ValueError as exc:
+            raise StartError(str(exc)) from None
+        self.settings = settings
+        self.server = GatewayServer(settings, core)
+
+    @property
+    def host(self) -> str:
+        return self.server.host
+
+    async def start(self) -> Mapping[str, int]:
+        try:
+            ports = await self.server.start()
+        except (OSError, RuntimeError) as exc:
+            raise StartError(f"cannot listen: {exc}") from None
+        return {"http": ports.http, "grpc": ports.grpc}
+
+    def listening(self, ports: Mapping[str, int]) -> str:
+        return listening_line(self.settings, self.host, ports)
+
+    async def prepare(self) -> str:
+        return ready_line(self.settings)
+
+    async def drain(self) -> None:
+        await self.server.drain()
+
+    async def close(self) -> None:
+        await self.server.close()
 
 
-def run(settings: GatewaySettings) -> int:
+def listening_line(settings: GatewaySettings, host: str, ports: Mapping[str, int]) -> str:
+    line = f"listening http={host}:{ports['http']} grpc={host}:{ports['grpc']}"
+    return f"{line} workers={settings.workers}"
+
+
+def ready_line(settings: GatewaySettings) -> str:
+    pools = ", ".join(f"{n} ({len(p.endpoints)} endpoints)" for n, p in settings.pools.items())
+    return f"ready, pools: {pools or 'none'}"
+
+
+def _loopback_notice(settings: GatewaySettings) -> None:
+    if settings.loopback_only:
+        say(NAME, "no API keys configured: listening on loopback only (127.0.0.1)")
+
+
+def run_worker(settings: GatewaySettings, ready_file: Path | None) -> int:
+    """One supervised worker: no status lines, SIGINT left to the supervisor."""
+    setup_logging()
+    options = RunOptions(ready_file, announce=False, signals=(signal.SIGTERM,))
+    return run(NAME, lambda: GatewayService(settings), options)
+
+
+def _supervise(settings: GatewaySettings, ready_file: Path | None) -> int:
+    if settings.port == 0 or settings.grpc_port == 0:
+        say(NAME, "--workers > 1 needs fixed ports (not 0)", error=True)
+        return 1
+    from prometheus_client import multiprocess
+
+    work = Path(tempfile.mkdtemp(prefix="tenfold-gateway-"))
+    metrics_dir = work / "metrics"
+    metrics_dir.mkdir()
+    settings_file = work / "settings.json"
+    settings_file.write_text(settings.model_dump_json(), encoding="utf-8")
+    supervisor = Supervisor(
+        NAME,
+        [sys.executable, "-m", "gateway.worker", str(settings_file)],
+        settings.workers,
+        env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
+        on_exit=lambda pid: multiprocess.mark_process_dead(pid, str(metrics_dir)),
+        stop_timeout_s=settings.drain_timeout_s + 10,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        try:
+            ports = supervisor.start()
+        except LaunchError as exc:
+            say(NAME, f"cannot start: {exc}", error=True)
+            return 1
+        host = "127.0.0.1" if settings.loopback_only else settings.host
+        _loopback_notice(settings)
+        say(NAME, listening_line(settings, host, ports))
+        write_ready(ready_file, ReadyState(NAME, os.getpid(), "ready", host, ports))
+        say(NAME, ready_line(settings))
+        code = supervisor.supervise(stop)
+        say(NAME, "stopped")
+        return code
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run_gateway(settings: GatewaySettings, ready_file: Path | None = None) -> int:
     if settings.workers > 1:
-        return _supervise(settings)
-    _logging(settings)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(serve(settings))
+        return _supervise(settings, ready_file)
+    setup_logging()
+    _loopback_notice(settings)
+    return run(NAME, lambda: GatewayService(settings), RunOptions(ready_file))

@@ -5,27 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-import time
 from dataclasses import dataclass
 
-import aiohttp
 import grpc
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from gateway.balancer import EjectionPolicy
 from gateway.core import CoreDeps, GatewayCore
 from gateway.effects import EffectsPipeline
 from gateway.feed import FeedAssets, FeedPipeline
 from gateway.grpc.servicer import EffectsServicer, FeedServicer, kserve_passthrough
 from gateway.http.app import create_app
 from gateway.metrics import GatewayMetrics
-from gateway.pools import Pool, PoolDeps, PoolRegistry
 from gateway.settings import GatewaySettings
-from inference.protocol import kserve_grpc
+from gateway.upstream.upstreams import build_upstreams
 from protos.tenfold.v1 import gateway_pb2, gateway_pb2_grpc
+from servicekit import kserve_grpc
 
 log = logging.getLogger("tenfold.gateway")
 HEALTH_INTERVAL_S = 1.0
@@ -41,25 +37,15 @@ class BoundPorts:
 def build_core(settings: GatewaySettings, metrics: GatewayMetrics | None = None) -> GatewayCore:
     """Everything the core needs, built from settings (the one wiring place)."""
     metrics = metrics or GatewayMetrics()
-    deps = PoolDeps(
-        metrics=metrics,
-        clock=time.monotonic,
-        rng=random.Random(),
-        policy=EjectionPolicy(
-            settings.eject_after_failures, settings.eject_base_s, settings.eject_max_s
-        ),
-        budget_ratio=settings.retry_budget_ratio,
-        budget_min_per_s=settings.retry_budget_min_per_s,
-        hedge_after_s=settings.hedge_after_ms / 1000 if settings.hedge_after_ms else None,
-    )
-    pools = PoolRegistry({n: Pool(n, p.endpoints, deps) for n, p in settings.pools.items()})
+    upstream = build_upstreams(settings, metrics)
     feed = None
-    if settings.feed.assets_dir is not None and settings.feed_pool in pools.pools:
+    if settings.feed.assets_dir is not None and settings.feed_pool in settings.pools:
         assets = FeedAssets.load(settings.feed.assets_dir)
-        feed = FeedPipeline(settings.feed, assets, pools.pools[settings.feed_pool])
-    effects_pool = pools.pools.get(settings.effects_pool)
-    effects = EffectsPipeline(settings.effects, effects_pool, settings.max_image_pixels)
-    return GatewayCore(CoreDeps(settings, pools, feed, effects, metrics))
+        feed = FeedPipeline(settings.feed, assets, upstream.client(settings.feed_pool))
+    effects = EffectsPipeline(
+        settings.effects, upstream.client(settings.effects_pool), settings.max_image_pixels
+    )
+    return GatewayCore(CoreDeps(settings, upstream, feed, effects, metrics))
 
 
 class GatewayServer:
@@ -79,9 +65,7 @@ class GatewayServer:
     async def start(self) -> BoundPorts:
         s = self.settings
         reuse = s.workers > 1
-        self.core.pools.http = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True)
-        )
+        await self.core.upstream.start()
         self._runner = web.AppRunner(
             create_app(self.core), access_log=None, shutdown_timeout=s.drain_timeout_s
         )
@@ -111,7 +95,7 @@ class GatewayServer:
         if grpc_port == 0:
             raise OSError(f"cannot listen on {self.host}:{s.grpc_port} (gRPC)")
         await self._grpc.start()
-        await self.core.pools.check_health()
+        await self.core.upstream.check_health()
         await self._set_health()
         self._checker = asyncio.create_task(self._check_loop())
         self.ports = BoundPorts(http_port, grpc_port)
@@ -130,7 +114,7 @@ class GatewayServer:
         while True:
             await asyncio.sleep(HEALTH_INTERVAL_S)
             try:
-                await self.core.pools.check_health()
+                await self.core.upstream.check_health()
                 await self._set_health()
             except Exception:  # never let the checker die
                 log.exception("pool health check failed")
@@ -155,4 +139,4 @@ class GatewayServer:
             await self._grpc.stop(grace=None)
         if self._runner is not None:
             await self._runner.cleanup()
-        await self.core.pools.close()
+        await self.core.upstream.close()

@@ -39,11 +39,15 @@ def serve(
         ),
     ] = None,
     config: Annotated[Path | None, typer.Option("--config", help="YAML file of settings")] = None,
+    ready_file: Annotated[
+        Path | None,
+        typer.Option(help="Write the ready state (JSON: state, ports) here, for launchers"),
+    ] = None,
 ) -> None:
     """Serve MODEL_REPOSITORY until SIGTERM. Every setting also reads TENFOLD_INFERENCE_<NAME>."""
-    from inference.main import run
+    from inference.main import run_pod
     from inference.settings import InferenceSettings
-    from tenfold.settings import SettingsError, load_settings
+    from servicekit.settings import SettingsError, load_settings
 
     try:
         settings = load_settings(
@@ -60,7 +64,7 @@ def serve(
     except SettingsError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    raise typer.Exit(run(settings))
+    raise typer.Exit(run_pod(settings, ready_file))
 
 
 @app.command("example-repo")

@@ -25,13 +25,13 @@ from inference.dataplane import DataPlane, ServedVersion
 from inference.grpc.servicer import InferenceServicer
 from inference.http.app import create_app
 from inference.metrics import InferenceMetrics
-from inference.protocol import kserve_grpc
 from inference.repository.errors import RepositoryError
 from inference.repository.loader import LoadedVersion, load_model, model_dirs
 from inference.runtime.batcher import DynamicBatcher
 from inference.runtime.onnx_model import OnnxModel, SessionSettings
 from inference.settings import InferenceSettings
 from inference.warmup import warmup_inputs
+from servicekit import kserve_grpc
 
 log = logging.getLogger("tenfold.inference")
 
@@ -204,6 +204,6 @@ class InferenceServer:
 
 def describe_ports(host: str, ports: BoundPorts) -> str:
     return (
-        f"tenfold inference: listening http={ports.http} grpc={ports.grpc} "
+        f"listening http={ports.http} grpc={ports.grpc} "
         f"metrics={ports.metrics} (host {host}, pid {os.getpid()})"
     )

@@ -1,6 +1,6 @@
 """What the gateway adds, and what the whole stack serves, on this machine.
 
-    python -m loadtest.bench_gateway --repository var/model-repository \
+    tenfold loadtest bench gateway --repository var/model-repository \
         [--duration 10] [--out docs/results/bench_gateway.json]
 
 1. Added latency: the same KServe v2 request (the user tower, one user; JSON over
@@ -8,7 +8,11 @@
    pod and through the gateway's pass-through, alternating, at half of the gateway
    path's closed-loop capacity (c=32).
 2. Throughput of the whole stack (gateway + pod) for the feed and the effects
-   (256x256 JPEG), closed loop.
+   (the shipped photos of loadtest/photos at 640 px long side in, 256x256 JPEG out),
+   closed loop.
+
+Everything is measured with ``loadtest.openloop`` (open_loop / closed_loop and the HDR
+recorder).
 
 One pod (ONNX Runtime, 1 intra-op thread), one gateway worker and the load generator
 (one Python process) share the machine's cores; nothing is pinned.
@@ -16,9 +20,8 @@ One pod (ONNX Runtime, 1 intra-op thread), one gateway worker and the load gener
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import io
+import itertools
 import json
 import os
 from pathlib import Path
@@ -26,12 +29,14 @@ from pathlib import Path
 import aiohttp
 import grpc
 import numpy as np
-from PIL import Image
 
-from gateway.kserve import INFER, infer_request
-from inference.process import start_pod
+from gateway.launch import gateway_config, start_gateway
+from inference.launch import start_pod
+from inference.protocol.kserve_pb import infer_request
 from loadtest.openloop import closed_loop, open_loop
-from tenfold.stack import gateway_config, start_gateway
+from loadtest.photos import uploads
+from loadtest.targets import LoadTestError
+from servicekit.kserve_grpc import MODEL_INFER as INFER
 
 TOWER_REQUEST = {
     "inputs": [
@@ -39,13 +44,8 @@ TOWER_REQUEST = {
         {"name": "history", "datatype": "INT64", "shape": [1, 20], "data": [5, 9, 12] + [0] * 17},
     ]
 }
-
-
-def photo() -> bytes:
-    rng = np.random.default_rng(0)
-    out = io.BytesIO()
-    Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)).save(out, "JPEG")
-    return out.getvalue()
+#: long side of the effects uploads, pixels
+PHOTO_SIZE = 640
 
 
 async def measure(pod, gateway, duration: float) -> dict:
@@ -88,8 +88,8 @@ async def measure(pod, gateway, duration: float) -> dict:
             await closed_loop(via, 8, 1.0)  # warm up connections and caches
             await closed_loop(direct, 8, 1.0)
             capacity[proto] = {
-                "direct": round((await closed_loop(direct, 32, duration / 2))[0]),
-                "via_gateway": round((await closed_loop(via, 32, duration / 2))[0]),
+                "direct": round((await closed_loop(direct, 32, duration / 2)).rate),
+                "via_gateway": round((await closed_loop(via, 32, duration / 2)).rate),
             }
             rate = rates[proto] = round(capacity[proto]["via_gateway"] / 2, -1)
             rounds = []
@@ -117,49 +117,48 @@ async def measure(pod, gateway, duration: float) -> dict:
                 await resp.read()
                 return resp.status
 
-        image = photo()
+        photos = uploads((PHOTO_SIZE,))
+        next_photo = itertools.cycle(jpeg for _, jpeg in photos)
 
         async def effect() -> int:
             async with session.post(
                 f"http://{gateway.http}/v1/effects/cartoon?size=256",
-                data=image,
+                data=next(next_photo),
                 headers={"content-type": "image/jpeg"},
             ) as resp:
                 await resp.read()
                 return resp.status
 
-        feed_rps, feed_status = await closed_loop(feed, 16, duration)
-        effect_rps, effect_status = await closed_loop(effect, 8, duration)
-        feed_lat = await open_loop(feed, max(1.0, round(feed_rps / 2)), duration)
+        feed_closed = await closed_loop(feed, 16, duration)
+        effect_closed = await closed_loop(effect, 8, duration)
+        feed_lat = await open_loop(feed, max(1.0, round(feed_closed.rate / 2)), duration)
         return {
             "user_tower_capacity_rps": capacity,
             "open_loop_rate": rates,
             "latency": latency,
             "added_ms": added,
             "feed": {
-                "closed_loop_c16_rps": round(feed_rps, 1),
-                "statuses": dict(feed_status),
+                "closed_loop_c16_rps": round(feed_closed.rate, 1),
+                "statuses": dict(feed_closed.statuses),
                 "open_loop_at_half": feed_lat.summary(),
             },
             "effects_256": {
-                "closed_loop_c8_rps": round(effect_rps, 1),
-                "statuses": dict(effect_status),
+                "closed_loop_c8_rps": round(effect_closed.rate, 1),
+                "statuses": dict(effect_closed.statuses),
+                "closed_loop_c8_latency": effect_closed.total.latency_summary(),
+                "photos": [label for label, _ in photos],
             },
         }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repository", type=Path, default=Path("var/model-repository"))
-    parser.add_argument("--duration", type=float, default=10.0)
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
-    if not (args.repository / "feed_user_tower" / "feed_assets.json").exists():
-        parser.error(f"{args.repository} has no default models: run tenfold models build")
-    pod = start_pod(args.repository, intra_op_threads=1)
-    gateway = start_gateway(gateway_config(args.repository, [pod]))
+def benchmark(repository: Path, duration: float = 10.0, out: Path | None = None) -> dict:
+    """Start one pod and the gateway on ``repository``, measure, print and write JSON."""
+    if not (repository / "feed_user_tower" / "feed_assets.json").exists():
+        raise LoadTestError(f"{repository} has no default models: run tenfold models build")
+    pod = start_pod(repository, intra_op_threads=1)
+    gateway = start_gateway(gateway_config(repository, [pod]))
     try:
-        result = asyncio.run(measure(pod, gateway, args.duration))
+        result = asyncio.run(measure(pod, gateway, duration))
     finally:
         gateway.stop()
         pod.stop()
@@ -168,15 +167,13 @@ def main() -> None:
         "pods": 1,
         "pod_intra_op_threads": 1,
         "gateway_workers": 1,
-        "generator": "one Python process (aiohttp), same machine, nothing pinned",
-        "duration_s": args.duration,
+        "generator": "one Python process (aiohttp, loadtest.openloop), same machine, "
+        "nothing pinned",
+        "duration_s": duration,
     }
     text = json.dumps(result, indent=2)
     print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-
-
-if __name__ == "__main__":
-    main()
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+    return result

@@ -1,7 +1,7 @@
 """tenfold side by side with its peers, one run, one machine, the same load.
 
-    make bench-peers        # = python -m loadtest.bench_peers --repository var/model-repository \
-                            #       --out docs/results/bench_peers.json
+    make bench-peers        # = tenfold loadtest bench peers --repository var/model-repository \
+                            #       --triton-venv .venv-triton --out docs/results/bench_peers.json
 
 For the ranker (a feed's ranking call: ``--rows`` candidates per request) and the
 effects CNN (one 256x256 image per request), against:
@@ -26,7 +26,6 @@ gives p50/p99.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -40,15 +39,15 @@ from pathlib import Path
 import numpy as np
 import tritonclient.http as th
 
-from inference.process import Pod, spawn, start_pod
+from gateway.launch import gateway_config, start_gateway
+from inference.launch import start_pod
 from inference.protocol.datatypes import kserve_datatype
-from loadtest.peers import triton
-from loadtest.peers.repo import metadata as model_metadata
-from loadtest.peers.repo import parallelism, served
+from loadtest.peers import served_model, threads, triton
+from loadtest.recorder import percentile_ms
 from loadtest.runner import RunPlan, run
 from loadtest.scenarios import ScenarioSpec, infer_inputs
-from loadtest.targets import Target
-from tenfold.stack import gateway_config, start_gateway
+from loadtest.targets import LoadTestError, Target
+from servicekit.launcher import launch
 
 
 @dataclass(frozen=True)
@@ -112,9 +111,10 @@ def limit(repo: Path, work: Workload, feeds: dict[str, np.ndarray], seconds: flo
     """In-process ORT: best rows/s over batch sizes, with the pod's instances x threads."""
     from optimizers import bench
 
-    config, onnx = served(repo / work.model)
-    instances, threads = parallelism(config)
-    sessions = [bench.session(onnx, threads, "all") for _ in range(instances)]
+    model = served_model(repo / work.model)
+    instances, per_instance = model.instance_count, threads(model)
+    onnx = model.served_file.resolve()
+    sessions = [bench.session(onnx, per_instance, "all") for _ in range(instances)]
     per_batch = {}
     for batch in work.limit_batches:
         reps = -(-batch // work.rows)
@@ -127,7 +127,7 @@ def limit(repo: Path, work: Workload, feeds: dict[str, np.ndarray], seconds: flo
         "rows_per_s_by_batch": {str(b): round(r) for b, r in per_batch.items()},
         "best_batch": best,
         "requests_per_s": round(per_batch[best] / work.rows, 1),
-        "sessions": f"{instances} x {threads} threads",
+        "sessions": f"{instances} x {per_instance} threads",
         "reference": dict(zip(names, outputs, strict=True)),
     }
 
@@ -181,7 +181,7 @@ def load(address: str, work: Workload, duration: float, label: str) -> dict:
             "p50_ms": lat["p50_ms"],
             "p99_ms": lat["p99_ms"],
             "errors": fixed.total.errors,
-            "start_lag_p99_ms": round(fixed.start_lag.get_value_at_percentile(99) / 1000, 2),
+            "start_lag_p99_ms": round(percentile_ms(fixed.start_lag, 99), 2),
         },
     }
 
@@ -200,7 +200,7 @@ def tenfold_stack(repo: Path, via_gateway: bool) -> Iterator[str]:
 
 @contextmanager
 def naive_torch(repo: Path, models: list[str]) -> Iterator[str]:
-    server: Pod = spawn(
+    server = launch(
         [
             sys.executable,
             "-m",
@@ -211,13 +211,11 @@ def naive_torch(repo: Path, models: list[str]) -> Iterator[str]:
             ",".join(models),
             "--threads",
             "2",
-        ]
+        ],
+        "naive torch",
     )
     try:
-        line = server.wait_for(r"listening http=", timeout=120)
-        if line is None:
-            raise RuntimeError(f"naive torch server failed: {server.output()}")
-        yield line.strip().split("http=")[1]
+        yield server.http
     finally:
         server.stop()
 
@@ -244,7 +242,7 @@ def measure_all(repo: Path, venv: Path | None, duration: float, rows: int) -> di
     if venv is not None:
         servers["Triton"] = lambda: triton_server(repo, models, venv)
     results: dict = {w.name: {"servers": {}} for w in works}
-    metas = {w.name: model_metadata(served(repo / w.model)[0]) for w in works}
+    metas = {w.name: served_model(repo / w.model).input_metadata() for w in works}
     for w in works:
         print(f"{w.name}: in-process ONNX Runtime limit", file=sys.stderr, flush=True)
         feeds = sample(w, metas[w.name])
@@ -304,37 +302,37 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repository", type=Path, default=Path("var/model-repository"))
-    parser.add_argument("--triton-venv", type=Path, default=Path(".venv-triton"))
-    parser.add_argument("--no-triton", action="store_true", help="leave Triton out")
-    parser.add_argument("--duration", type=float, default=4.0, help="seconds per rate")
-    parser.add_argument("--rows", type=int, default=100, help="ranker rows per request")
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
-    if not (args.repository / "feed_ranker").is_dir():
-        parser.error(f"{args.repository} has no default models: run tenfold models build")
+def benchmark(
+    repository: Path,
+    triton_venv: Path | None = Path(".venv-triton"),
+    duration: float = 4.0,
+    rows: int = 100,
+    out: Path | None = None,
+) -> dict:
+    """Every server against every workload (Triton left out when ``triton_venv`` is
+    None); prints the tables and writes JSON (+ the tables as .md) to ``out``."""
+    if not (repository / "feed_ranker").is_dir():
+        raise LoadTestError(f"{repository} has no default models: run tenfold models build")
     venv = None
-    if not args.no_triton:
-        triton.site_packages(args.triton_venv)  # fails early with the fix
-        venv = args.triton_venv.resolve()
+    if triton_venv is not None:
+        try:
+            triton.site_packages(triton_venv)  # fails early with the fix
+        except triton.TritonUnavailable as exc:
+            raise LoadTestError(f"{exc} (or leave Triton out: --no-triton)") from None
+        venv = triton_venv.resolve()
     started = time.time()
-    results = measure_all(args.repository.resolve(), venv, args.duration, args.rows)
+    results = measure_all(repository.resolve(), venv, duration, rows)
     results["setup"] = {
         "cores": os.cpu_count(),
         "generator": "tenfold loadtest, 1 process, open loop, same machine, nothing pinned",
         "protocol": "KServe v2 HTTP, binary tensors",
-        "duration_s_per_rate": args.duration,
+        "duration_s_per_rate": duration,
         "wall_s": round(time.time() - started),
     }
     text = table({k: v for k, v in results.items() if k != "setup"})
     print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=1) + "\n")
-        args.out.with_suffix(".md").write_text(text.lstrip() + "\n")
-
-
-if __name__ == "__main__":
-    main()
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=1) + "\n")
+        out.with_suffix(".md").write_text(text.lstrip() + "\n")
+    return results

@@ -1,4 +1,9 @@
-"""``tenfold loadtest ...``: open-loop load, reports and comparisons."""
+"""``tenfold loadtest ...``: open-loop load, reports and comparisons, and the benchmarks
+(``tenfold loadtest bench pod|gateway|peers``).
+
+Only typer and loadtest.targets are imported here: the load machinery (and the
+``loadtest`` extra it needs) is imported inside the commands, so ``tenfold --help``
+stays fast and works without the extra."""
 
 from __future__ import annotations
 
@@ -13,8 +18,19 @@ import typer
 from loadtest.targets import LoadTestError, Target
 
 app = typer.Typer(
-    help="Open-loop load at a fixed rate, HDR latency reports, comparisons.",
+    help="Open-loop load at a fixed rate, HDR latency reports, comparisons, benchmarks.",
     no_args_is_help=True,
+)
+bench = typer.Typer(
+    help="Benchmarks of this machine (docs/benchmarks.md): the pod against the in-process "
+    "limit, what the gateway adds, tenfold against its peers.",
+    no_args_is_help=True,
+)
+app.add_typer(bench, name="bench")
+
+#: top-level modules of the ``loadtest`` extra (pyproject.toml)
+LOADTEST_EXTRA = frozenset(
+    {"hdrh", "tritonclient", "geventhttpclient", "locust", "matplotlib", "jinja2"}
 )
 
 
@@ -41,6 +57,22 @@ def _exit_2_on_error() -> Iterator[None]:
         yield
     except LoadTestError as exc:
         typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@contextmanager
+def _loadtest_extra() -> Iterator[None]:
+    """Imports of the load machinery: without the ``loadtest`` extra, say how to get it."""
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in LOADTEST_EXTRA:
+            raise
+        typer.echo(
+            f"error: no module {exc.name!r}: tenfold loadtest needs the loadtest extra "
+            "(pip install 'tenfold[loadtest]')",
+            err=True,
+        )
         raise typer.Exit(2) from None
 
 
@@ -97,9 +129,10 @@ def run(
     allow_remote: Annotated[bool, typer.Option(help="allow a non-loopback target")] = False,
 ) -> None:
     """Send SCENARIO requests to TARGET at a fixed rate and report honest latency."""
-    from loadtest import html, runner
-    from loadtest import report as reports
-    from loadtest.scenarios import ScenarioSpec
+    with _loadtest_extra():
+        from loadtest import html, runner
+        from loadtest import report as reports
+        from loadtest.scenarios import ScenarioSpec
 
     with _exit_2_on_error():
         if (rate is None) == (rate_steps is None):
@@ -159,8 +192,9 @@ def compare(
     html_out: Annotated[Path | None, typer.Option("--html", help="write an HTML page")] = None,
 ) -> None:
     """Put two or more reports side by side (ratios against the first)."""
-    from loadtest import html
-    from loadtest import report as reports
+    with _loadtest_extra():
+        from loadtest import html
+        from loadtest import report as reports
 
     with _exit_2_on_error():
         if len(reports_in) < 2:
@@ -178,10 +212,106 @@ def html_cmd(
     out: Annotated[Path | None, typer.Option(help="page to write (default beside it)")] = None,
 ) -> None:
     """(Re-)draw the HTML page of a JSON report."""
-    from loadtest import html
-    from loadtest import report as reports
+    with _loadtest_extra():
+        from loadtest import html
+        from loadtest import report as reports
 
     with _exit_2_on_error():
         loaded = reports.load(report_in)
     base = report_in if report_in.is_dir() else report_in.parent
     typer.echo(html.render_run(loaded, out or base / "report.html"))
+
+
+def _positive(**values: float) -> None:
+    for name, value in values.items():
+        if value <= 0:
+            raise LoadTestError(f"--{name} must be positive, got {value:g}")
+
+
+@bench.command("pod")
+def bench_pod(
+    duration: Annotated[float, typer.Option(help="seconds per cell")] = 8.0,
+    threads: Annotated[
+        int, typer.Option(min=1, help="ONNX Runtime intra-op threads (pod and in-process)")
+    ] = 1,
+    concurrency: Annotated[
+        list[int], typer.Option(min=1, help="closed-loop workers; repeat for several")
+    ] = (1, 16, 64),
+    rows: Annotated[
+        list[int],
+        typer.Option(
+            min=1, help="rows per request (1: one item; 64: a page of candidates); repeat"
+        ),
+    ] = (1, 64),
+    instances: Annotated[
+        list[int],
+        typer.Option(min=1, help="instance_group count of the pod (ORT sessions); repeat"),
+    ] = (1, 2),
+    limit_duration: Annotated[
+        float, typer.Option(help="seconds of the in-process limit per batch size")
+    ] = 3.0,
+    out: Annotated[Path | None, typer.Option(help="write JSON results here")] = None,
+) -> None:
+    """One pod against the same model in-process (docs/benchmarks.md).
+
+    The ranking MLP served by one pod, closed loop at each concurrency over gRPC and
+    HTTP, then run in-process by ONNX Runtime at the mean batch the pod formed."""
+    with _exit_2_on_error():
+        _positive(duration=duration, limit_duration=limit_duration)
+        with _loadtest_extra():
+            from loadtest import bench_pod as module
+        module.benchmark(
+            duration,
+            threads,
+            tuple(concurrency),
+            tuple(rows),
+            tuple(instances),
+            out,
+            limit_s=limit_duration,
+        )
+
+
+@bench.command("gateway")
+def bench_gateway(
+    repository: Annotated[
+        Path, typer.Option(help="model repository with the default models")
+    ] = Path("var/model-repository"),
+    duration: Annotated[float, typer.Option(help="seconds per measurement")] = 10.0,
+    out: Annotated[Path | None, typer.Option(help="write JSON results here")] = None,
+) -> None:
+    """What the gateway adds, and what the whole stack serves.
+
+    A KServe v2 call straight to the pod and through the gateway, open loop at half
+    the gateway path's capacity; then the feed and the effects through the whole stack,
+    closed loop."""
+    with _exit_2_on_error():
+        _positive(duration=duration)
+        with _loadtest_extra():
+            from loadtest import bench_gateway as module
+        module.benchmark(repository, duration, out)
+
+
+@bench.command("peers")
+def bench_peers(
+    repository: Annotated[
+        Path, typer.Option(help="model repository with the default models")
+    ] = Path("var/model-repository"),
+    triton_venv: Annotated[
+        Path, typer.Option(help="venv with nvidia-pytriton (make triton-venv)")
+    ] = Path(".venv-triton"),
+    triton: Annotated[bool, typer.Option("--triton/--no-triton", help="include Triton")] = True,
+    duration: Annotated[float, typer.Option(help="seconds per rate")] = 4.0,
+    rows: Annotated[int, typer.Option(min=1, help="ranker rows per request")] = 100,
+    out: Annotated[
+        Path | None, typer.Option(help="write JSON results here (and the tables as .md)")
+    ] = None,
+) -> None:
+    """tenfold against native PyTorch, Triton and the in-process limit.
+
+    tenfold (gateway + pod, and the pod alone), a naive aiohttp + PyTorch server,
+    Triton and in-process ONNX Runtime, the same open-loop load for each."""
+    with _exit_2_on_error():
+        _positive(duration=duration)
+        with _loadtest_extra():
+            from loadtest import bench_peers as module
+        module.benchmark(repository, triton_venv if triton else None, duration, rows, out)

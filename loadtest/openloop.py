@@ -7,6 +7,10 @@ when that grows, the generator, not the server, is the bottleneck.
 Several processes share one schedule: process ``offset`` of ``stride`` takes every
 ``stride``-th arrival of the constant schedule (or its own Poisson stream at
 ``rate / stride``), all measured from one ``start`` on the system-wide monotonic clock.
+
+``closed_loop`` is the capacity probe: N workers send back to back; their latencies
+and statuses go into the same HDR recorder (loadtest/recorder.py). Every benchmark
+measures with these two.
 """
 
 from __future__ import annotations
@@ -181,17 +185,64 @@ async def open_loop(
     return result
 
 
-async def closed_loop(send: Send, concurrency: int, duration_s: float) -> tuple[float, Counter]:
-    """Throughput with ``concurrency`` workers each sending back to back."""
-    statuses: Counter = Counter()
-    end = time.monotonic() + duration_s
+@dataclass
+class ClosedLoopResult:
+    """What ``concurrency`` workers sending back to back completed, and how fast."""
+
+    concurrency: int
+    duration_s: float
+    #: first send to the last answer (>= duration_s: the last requests finish late)
+    elapsed_s: float = 0.0
+    total: Interval = field(default_factory=Interval)
+
+    @property
+    def statuses(self) -> Counter:
+        return self.total.statuses
+
+    @property
+    def ok(self) -> int:
+        return self.total.ok
+
+    @property
+    def rate(self) -> float:
+        """OK answers per second."""
+        return self.ok / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def percentile_ms(self, p: float) -> float:
+        return self.total.percentile_ms(p)
+
+    def summary(self) -> dict:
+        return {
+            "concurrency": self.concurrency,
+            "rate": round(self.rate, 1),
+            "completed": self.total.completed,
+            "statuses": dict(sorted(self.statuses.items())),
+            **self.total.latency_summary(),
+        }
+
+
+async def closed_loop(
+    send: Send,
+    concurrency: int,
+    duration_s: float,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+) -> ClosedLoopResult:
+    """Throughput with ``concurrency`` workers each sending back to back.
+
+    Each request's latency (send to answer) and status go into the result's HDR
+    recorder, as in ``open_loop``; no request starts after ``duration_s``."""
+    if concurrency < 1 or duration_s <= 0:
+        raise ValueError("concurrency and duration must be positive")
+    result = ClosedLoopResult(concurrency, duration_s)
+    start = clock()
+    end = start + duration_s
 
     async def worker() -> None:
-        while time.monotonic() < end:
-            statuses[await _status(send, None)] += 1
+        while (began := clock()) < end:
+            status = await _status(send, None)
+            result.total.record(status, clock() - began)
 
-    start = time.monotonic()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    elapsed = time.monotonic() - start
-    ok = sum(n for s, n in statuses.items() if s in ("200", "OK"))
-    return ok / elapsed, statuses
+    result.elapsed_s = clock() - start
+    return result

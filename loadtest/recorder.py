@@ -28,6 +28,17 @@ def is_ok(status: str) -> bool:
     return status == "OK" or (len(status) == 3 and status.startswith("2") and status.isdigit())
 
 
+def percentile_ms(histogram: HdrHistogram, p: float) -> float:
+    """The ``p``-th percentile of a histogram of microseconds, in ms (0 when empty)."""
+    if histogram.get_total_count() == 0:
+        return 0.0
+    return histogram.get_value_at_percentile(p) / 1000
+
+
+def max_ms(histogram: HdrHistogram) -> float:
+    return histogram.get_max_value() / 1000
+
+
 def encode(histogram: HdrHistogram) -> str:
     return histogram.encode().decode("ascii")
 
@@ -64,12 +75,10 @@ class Interval:
         self.statuses.update(other.statuses)
 
     def percentile_ms(self, p: float) -> float:
-        if self.histogram.get_total_count() == 0:
-            return 0.0
-        return self.histogram.get_value_at_percentile(p) / 1000
+        return percentile_ms(self.histogram, p)
 
     def max_ms(self) -> float:
-        return self.histogram.get_max_value() / 1000
+        return max_ms(self.histogram)
 
     def to_wire(self) -> dict:
         return {"histogram": encode(self.histogram), "statuses": dict(self.statuses)}

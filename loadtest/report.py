@@ -15,7 +15,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from loadtest.recorder import PERCENTILES, Interval, decode, encode
+from loadtest.recorder import PERCENTILES, Interval, decode, encode, max_ms, percentile_ms
 from loadtest.runner import RunPlan, StepResult
 from loadtest.targets import LoadTestError
 
@@ -36,8 +36,8 @@ def step_dict(step: StepResult, plan: RunPlan) -> dict:
         "statuses": dict(sorted(step.total.statuses.items())),
         "latency_ms": step.total.latency_summary(),
         "start_lag_ms": {
-            "p99": round(step.start_lag.get_value_at_percentile(99) / 1000, 3),
-            "max": round(step.start_lag.get_max_value() / 1000, 3),
+            "p99": round(percentile_ms(step.start_lag, 99), 3),
+            "max": round(max_ms(step.start_lag), 3),
         },
         "meets": step.meets(plan),
         "histogram": encode(step.total.histogram),

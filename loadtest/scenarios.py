@@ -32,13 +32,14 @@ import numpy as np
 import orjson
 from tritonclient.http import InferenceServerClient, InferInput, InferRequestedOutput
 
-from gateway.kserve import INFER, infer_request
 from inference.protocol.datatypes import kserve_datatype, numpy_dtype
-from inference.protocol.kserve_grpc import client_callables
+from inference.protocol.kserve_pb import infer_request
 from loadtest.photos import uploads
 from loadtest.targets import LoadTestError, Target
 from protos.kserve.v2 import grpc_service_pb2 as kpb
 from protos.tenfold.v1 import gateway_pb2 as pb
+from servicekit.kserve_grpc import MODEL_INFER as INFER
+from servicekit.kserve_grpc import client_callables
 
 SCENARIOS = ("feed", "effects", "mixed", "infer")
 DEVICES, NETWORKS = ("android", "ios", "web"), ("wifi", "5g", "4g")

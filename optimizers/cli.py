@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from tenfold.settings import SettingsError, load_settings
+from servicekit.settings import SettingsError, load_settings
 
 
 def optimize_cmd(

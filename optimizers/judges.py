@@ -17,8 +17,8 @@ import numpy as np
 from inference.protocol.datatypes import numpy_dtype
 from inference.repository.spec import ModelSpec
 from optimizers.errors import OptimizeError
+from optimizers.quality import auc
 from optimizers.settings import ParitySettings
-from tenfold.quality import auc
 
 #: runs a model: feeds -> outputs by name
 Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]

@@ -18,6 +18,7 @@ import onnxruntime as ort
 
 from inference.repository.errors import RepositoryError
 from inference.repository.loader import load_model
+from inference.repository.model import read_model
 from inference.runtime.onnx_model import SessionSettings
 from optimizers import bench, report
 from optimizers.errors import OptimizeError
@@ -25,7 +26,7 @@ from optimizers.judges import Evaluation, Judge, judge_for
 from optimizers.passes import PassContext, plan
 from optimizers.settings import OptimizeSettings
 from optimizers.target import ModelTarget, open_target
-from optimizers.tune import Tuning, config_text, read_config, tune, tuned_config
+from optimizers.tune import Tuning, config_text, tune, tuned_config
 
 MANIFEST = "optimize_manifest.json"
 #: passes that change numerics: they must pay in speed, not only hold parity
@@ -262,7 +263,7 @@ def optimize(
             manifest["tuning"] = asdict(tuning) | {
                 "by_batch": {str(k): v for k, v in tuning.by_batch.items()}
             }
-        config = read_config(target.directory)
+        config = read_model(target.directory).config
         manifest["config_before"] = config_text(config)
         manifest["config_after"] = config_text(tuned_config(config, s.target, tuning, offline))
         if s.bench:

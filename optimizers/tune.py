@@ -8,7 +8,7 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
-from inference.repository.loader import THREADS_PARAMETER
+from inference.repository.model import THREADS_PARAMETER
 from optimizers.bench import cores, measure, measure_parallel, session
 from optimizers.judges import Judge
 from protos.kserve.v2 import model_config_pb2
@@ -52,12 +52,6 @@ def tune(path: Path, judge: Judge, max_batch: int, level: str, seconds: float = 
     knee = next(b for b in grid if by_batch[b] >= 0.9 * top)
     preferred = tuple(sorted({knee, grid[-1]})) if max_batch > 0 else ()
     return Tuning(best["threads"], best["instances"], preferred, tuple(candidates), by_batch)
-
-
-def read_config(directory: Path) -> model_config_pb2.ModelConfig:
-    config = model_config_pb2.ModelConfig()
-    text_format.Parse((directory / "config.pbtxt").read_text(), config)
-    return config
 
 
 def tuned_config(

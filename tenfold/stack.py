@@ -1,60 +1,16 @@
 """A local stack on loopback: N inference pods and the gateway in front of them, as
-child processes. ``tenfold up`` (what ``make run`` calls), tests and benchmarks use it."""
+child processes. ``tenfold up`` (what ``make run`` calls) runs it in the foreground."""
 
 from __future__ import annotations
 
-import os
-import re
 import signal
 import sys
-import tempfile
 import threading
 from pathlib import Path
 
-import yaml
-
-from inference.process import Pod, spawn, start_pod
-
-_GATEWAY_PORTS = re.compile(r"listening http=[^:]+:(\d+) grpc=[^:]+:(\d+)")
-
-
-def gateway_config(repo: Path, pods: list[Pod], **overrides) -> dict:
-    """Gateway settings for the default models served by ``pods``."""
-    config = {
-        "pools": {
-            "default": {
-                "endpoints": [{"grpc": p.grpc, "http": p.http} for p in pods],
-                "models": ["feed_user_tower", "feed_ranker", "effects_cartoon"],
-            }
-        },
-        "feed": {"assets_dir": str(repo / "feed_user_tower")},
-    }
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(config.get(key), dict):
-            config[key] = {**config[key], **value}
-        else:
-            config[key] = value
-    return config
-
-
-def start_gateway(
-    config: dict, *args: str, port: int = 0, grpc_port: int = 0, env: dict | None = None
-) -> Pod:
-    """Start ``tenfold gateway serve`` with ``config`` (written to a temp file); wait ready."""
-    handle, path = tempfile.mkstemp(prefix="tenfold-gateway-", suffix=".yaml")
-    with os.fdopen(handle, "w") as out:
-        yaml.safe_dump(config, out)
-    cmd = [sys.executable, "-m", "tenfold", "gateway", "serve", "--config", path]
-    cmd += ["--port", str(port), "--grpc-port", str(grpc_port), *args]
-    gateway = spawn(cmd, env)
-    found = gateway.wait_for(r"listening http=")
-    if found is None:
-        raise RuntimeError(f"gateway exited early: {gateway.output()}")
-    gateway.http_port, gateway.grpc_port = map(int, _GATEWAY_PORTS.search(found).groups())
-    if gateway.wait_for(r"tenfold gateway: ready") is None:
-        raise RuntimeError(f"gateway did not become ready: {gateway.output()}")
-    return gateway
-
+from gateway.launch import gateway_config, start_gateway
+from inference.launch import start_pod
+from servicekit.launcher import ServiceProcess
 
 EXAMPLES = """\
 Try, from another shell:
@@ -73,7 +29,7 @@ Try, from another shell:
 
 def up(repo: Path, pods: int, port: int, grpc_port: int, workers: int, threads: int) -> int:
     """Run the stack in the foreground until SIGINT/SIGTERM, then stop it all."""
-    started: list[Pod] = []
+    started: list[ServiceProcess] = []
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from inference.process import start_pod
+from inference.launch import start_pod
 from tests.models import standard_repository
 
 

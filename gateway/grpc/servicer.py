@@ -12,19 +12,19 @@ from pydantic import ValidationError
 from gateway.auth import key_from_headers
 from gateway.core import GatewayCore
 from gateway.feed import FeedBody
-from inference.protocol import kserve_grpc
-from inference.protocol.errors import InternalError, InvalidInput, TenfoldError
+from inference.protocol.errors import InvalidInput
 from protos.kserve.v2 import grpc_service_pb2 as kpb
 from protos.tenfold.v1 import gateway_pb2 as pb
 from protos.tenfold.v1 import gateway_pb2_grpc as pb_grpc
+from servicekit import kserve_grpc
+from servicekit.grpcstatus import abort
+from servicekit.validation import validation_message
 
 log = logging.getLogger("tenfold.gateway.grpc")
 
 
-async def _abort(context: grpc.aio.ServicerContext, exc: TenfoldError) -> None:
-    if exc.retry_after is not None:
-        context.set_trailing_metadata((("retry-after", str(max(1, round(exc.retry_after)))),))
-    await context.abort(exc.grpc_code, exc.message)
+async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+    await abort(context, exc, log)
 
 
 @asynccontextmanager
@@ -37,13 +37,10 @@ async def _admitted(core: GatewayCore, context, route: str, effect: str | None =
             route, key_from_headers(metadata), remaining, metadata.get("x-request-id"), effect
         ) as call:
             yield call
-    except TenfoldError as exc:
-        await _abort(context, exc)
     except (grpc.aio.AbortError, grpc.aio.UsageError):
         raise
-    except Exception:
-        log.exception("unhandled error in %s", route)
-        await _abort(context, InternalError())
+    except Exception as exc:  # TenfoldError -> its status; anything else logged, INTERNAL
+        await _abort(context, exc)
 
 
 class FeedServicer(pb_grpc.FeedServicer):
@@ -65,8 +62,7 @@ class FeedServicer(pb_grpc.FeedServicer):
                     seen=list(request.seen),
                 )
             except ValidationError as exc:
-                err = exc.errors()[0]
-                raise InvalidInput(f"{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+                raise InvalidInput(validation_message(exc, first_only=True)) from None
             answer = await self.core.feed(body, call)
             return pb.FeedResponse(
                 items=[

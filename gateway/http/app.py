@@ -12,7 +12,9 @@ from gateway.core import GatewayCore
 from gateway.feed import FeedBody
 from gateway.http.openapi import document
 from inference.protocol.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
-from tenfold.web import errors_middleware, json_object, json_response
+from inference.protocol.jsondoc import json_object
+from servicekit.validation import validation_message
+from servicekit.web import errors_middleware, json_response
 
 log = logging.getLogger("tenfold.gateway.http")
 CORE = web.AppKey("core", GatewayCore)
@@ -51,11 +53,7 @@ def _validate(model: type[BaseModel], raw: bytes) -> BaseModel:
     try:
         return model.model_validate(doc)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise InvalidInput(problems) from None
+        raise InvalidInput(validation_message(exc, root="body")) from None
 
 
 def _admit(request: web.Request, route: str, effect: str | None = None):

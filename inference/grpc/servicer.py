@@ -8,21 +8,18 @@ import grpc
 
 from inference.dataplane import DataPlane
 from inference.grpc.codec import decode_request, encode_response
-from inference.protocol.errors import InternalError, TenfoldError
 from protos.kserve.v2 import grpc_service_pb2 as pb
+from servicekit.grpcstatus import abort
 
 log = logging.getLogger("tenfold.inference.grpc")
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: Exception):
-    if not isinstance(exc, TenfoldError):
-        log.error("unhandled error in gRPC handler", exc_info=exc)
-        exc = InternalError()
-    await context.abort(exc.grpc_code, exc.message)
+    await abort(context, exc, log)
 
 
 class InferenceServicer:
-    """Method names match the service; see inference.protocol.kserve_grpc."""
+    """Method names match the service; see servicekit.kserve_grpc."""
 
     def __init__(self, dataplane: DataPlane) -> None:
         self._dp = dataplane

@@ -8,9 +8,9 @@ from aiohttp import web
 from google.protobuf import json_format
 
 from inference.dataplane import DataPlane
-from inference.http.codec import HEADER_LENGTH, decode_request, encode_response
 from inference.protocol.errors import InvalidInput
-from tenfold.web import errors_middleware, json_response
+from inference.protocol.kserve_http import HEADER_LENGTH, decode_request, encode_response
+from servicekit.web import errors_middleware, json_response
 
 log = logging.getLogger("tenfold.inference.http")
 

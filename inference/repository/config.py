@@ -1,39 +1,20 @@
-"""Parse and validate ``config.pbtxt`` (protobuf text format) into a ModelSpec.
+"""Validate a model's (complete) config into a ModelSpec.
 
-The schema is protos/kserve/v2/model_config.proto; the parser is protobuf's own
-``text_format``. Auto-completion of missing inputs/outputs from the ONNX model lives in
-``autocomplete``.
+Reading ``config.pbtxt`` and the facts derived from it (versions, files, instances,
+threads) live in ``model``; auto-completion of missing inputs/outputs from the ONNX
+model lives in ``autocomplete``.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from google.protobuf import text_format
-
 from inference.protocol.datatypes import from_config_type
 from inference.repository.errors import RepositoryError
+from inference.repository.model import ModelDir
 from inference.repository.spec import BatchingPolicy, ModelSpec, TensorSpec
 from protos.kserve.v2 import model_config_pb2
 
 ONNX_PLATFORM = "onnxruntime_onnx"
 ONNX_BACKEND = "onnxruntime"
-DEFAULT_FILENAME = "model.onnx"
-
-
-def read_config(model_dir: Path) -> model_config_pb2.ModelConfig | None:
-    """The parsed config.pbtxt, or None when the model has none (auto-complete)."""
-    path = model_dir / "config.pbtxt"
-    if not path.exists():
-        return None
-    config = model_config_pb2.ModelConfig()
-    try:
-        text_format.Parse(path.read_text(encoding="utf-8"), config)
-    except text_format.ParseError as exc:
-        raise RepositoryError(model_dir.name, f"config.pbtxt: {exc}") from None
-    except UnicodeDecodeError:
-        raise RepositoryError(model_dir.name, "config.pbtxt is not UTF-8 text") from None
-    return config
 
 
 def _tensor(model: str, kind: str, tensor, batched: bool) -> TensorSpec:
@@ -91,12 +72,13 @@ def _batching(model: str, config: model_config_pb2.ModelConfig) -> BatchingPolic
     )
 
 
-def to_spec(model_dir_name: str, config: model_config_pb2.ModelConfig) -> ModelSpec:
-    """Validate a (complete) config and build the runtime's view of it."""
-    model = model_dir_name
-    if config.name and config.name != model_dir_name:
+def to_spec(model_dir: ModelDir, config: model_config_pb2.ModelConfig) -> ModelSpec:
+    """Validate ``model_dir``'s config, completed from the ONNX model as ``config``, and
+    build the runtime's view of it."""
+    model = model_dir.name
+    if config.name and config.name != model:
         raise RepositoryError(
-            model, f"config name '{config.name}' does not match its directory '{model_dir_name}'"
+            model, f"config name '{config.name}' does not match its directory '{model}'"
         )
     platform, backend = config.platform, config.backend
     if platform not in ("", ONNX_PLATFORM) or backend not in ("", ONNX_BACKEND):
@@ -121,12 +103,7 @@ def to_spec(model_dir_name: str, config: model_config_pb2.ModelConfig) -> ModelS
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise RepositoryError(model, f"duplicate {kind} names: {dupes}")
-    counts = [g.count for g in config.instance_group] or [1]
-    if any(c < 0 for c in counts):
-        raise RepositoryError(model, "instance_group count must not be negative")
-    graph_level = None
-    if config.HasField("optimization") and config.optimization.HasField("graph"):
-        graph_level = config.optimization.graph.level
+    instance_count = model_dir.instance_count
     return ModelSpec(
         name=model,
         platform=ONNX_PLATFORM,
@@ -134,29 +111,8 @@ def to_spec(model_dir_name: str, config: model_config_pb2.ModelConfig) -> ModelS
         inputs=inputs,
         outputs=outputs,
         batching=_batching(model, config),
-        instance_count=max(1, sum(c or 1 for c in counts)),
-        graph_level=graph_level,
-        default_model_filename=config.default_model_filename or DEFAULT_FILENAME,
+        instance_count=instance_count,
+        graph_level=model_dir.graph_level,
+        default_model_filename=model_dir.model_filename,
         config=config,
     )
-
-
-def select_versions(model: str, model_dir: Path, config: model_config_pb2.ModelConfig) -> list[int]:
-    """Version directories to load, per ``version_policy`` (default: latest 1)."""
-    available = sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
-    if not available:
-        raise RepositoryError(model, f"no version directories (e.g. {model_dir}/1/) found")
-    policy = config.version_policy
-    which = policy.WhichOneof("policy_choice")
-    if which == "all":
-        return available
-    if which == "specific":
-        wanted = sorted(int(v) for v in policy.specific.versions)
-        missing = [v for v in wanted if v not in available]
-        if missing:
-            raise RepositoryError(model, f"version_policy asks for missing versions {missing}")
-        return wanted
-    num = policy.latest.num_versions if which == "latest" else 1
-    if num < 1:
-        raise RepositoryError(model, "version_policy latest needs num_versions >= 1")
-    return available[-num:]

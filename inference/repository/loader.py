@@ -10,12 +10,12 @@ from pathlib import Path
 import onnxruntime as ort
 
 from inference.repository import autocomplete
-from inference.repository.config import read_config, select_versions, to_spec
+from inference.repository.config import to_spec
 from inference.repository.errors import RepositoryError
+from inference.repository.model import read_model
 from inference.repository.spec import ModelSpec
 from inference.repository.validate import check_against_model
 from inference.runtime.onnx_model import SessionSettings, describe, open_session
-from protos.kserve.v2 import model_config_pb2
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,19 +38,18 @@ def load_model(
     model_dir: Path, settings: SessionSettings, default_max_batch_size: int
 ) -> list[LoadedVersion]:
     """Every version of one model the version policy selects, validated and opened."""
-    name = model_dir.name
-    config = read_config(model_dir)
-    versions = select_versions(name, model_dir, config or model_config_pb2.ModelConfig())
-    settings = _with_config_threads(name, config, settings)
+    model = read_model(model_dir)
+    name = model.name
+    versions = model.versions
+    threads = model.intra_op_threads
+    if threads is not None:  # the config's parameter overrides the pod's thread setting
+        settings = replace(settings, intra_op_threads=threads)
+    level = model.graph_level
     loaded = []
     for version in versions:
-        filename = (config.default_model_filename if config else "") or "model.onnx"
-        path = model_dir / str(version) / filename
+        path = model.model_file(version)
         if not path.is_file():
             raise RepositoryError(name, f"version {version}: model file {path} is missing")
-        level = None
-        if config is not None and config.optimization.HasField("graph"):
-            level = config.optimization.graph.level
         try:
             first = open_session(path, settings, level)
         except Exception as exc:  # ORT raises its own exception types
@@ -61,27 +60,11 @@ def load_model(
             io = describe(first)
         except ValueError as exc:
             raise RepositoryError(name, f"version {version}: {exc}") from None
-        full = autocomplete.complete(name, config, io, default_max_batch_size)
-        spec = to_spec(name, full)
+        full = autocomplete.complete(name, model.config, io, default_max_batch_size)
+        spec = to_spec(model, full)
         check_against_model(spec, io)
         sessions = [first] + [
             open_session(path, settings, level) for _ in range(spec.instance_count - 1)
         ]
         loaded.append(LoadedVersion(spec, version, path, tuple(sessions)))
     return loaded
-
-
-#: Triton's ONNX Runtime backend parameter, written by ``tenfold optimize``'s tuning
-THREADS_PARAMETER = "intra_op_thread_count"
-
-
-def _with_config_threads(name, config, settings: SessionSettings) -> SessionSettings:
-    """``parameters { key: "intra_op_thread_count" }`` overrides the pod's thread setting."""
-    if config is None or THREADS_PARAMETER not in config.parameters:
-        return settings
-    text = config.parameters[THREADS_PARAMETER].string_value
-    if not text.isdigit():
-        raise RepositoryError(
-            name, f"parameter {THREADS_PARAMETER} must be a whole number >= 0, not {text!r}"
-        )
-    return replace(settings, intra_op_threads=int(text))

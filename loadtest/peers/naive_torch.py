@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,19 +18,20 @@ import torch
 import uvloop
 from aiohttp import web
 
-from inference.http.codec import decode_request, encode_response
 from inference.protocol.datatypes import kserve_datatype
+from inference.protocol.kserve_http import decode_request, encode_response
 from inference.protocol.tensors import InferResponse, Tensor
-from loadtest.peers import repo
-from tenfold.web import json_response
+from loadtest.peers import served_model
+from servicekit.ready import ReadyState, write_ready
+from servicekit.web import json_response
 
 
 class Model:
     def __init__(self, directory: Path):
-        config = repo.served(directory)[0]
-        self.name = config.name
-        self.inputs = repo.metadata(config)
-        self.outputs = [o.name for o in config.output]
+        model = served_model(directory)
+        self.name = model.config.name
+        self.inputs = model.input_metadata()
+        self.outputs = [o.name for o in model.config.output]
         self.module = torch.load(directory / "pytorch" / "model.pt", weights_only=False).eval()
 
     def metadata(self) -> dict:
@@ -85,6 +87,7 @@ def main() -> None:
     parser.add_argument("--models", required=True, help="comma-separated model names")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--ready-file", type=Path, help="write the ready state here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     models = {n: Model(args.repository / n) for n in args.models.split(",")}
@@ -97,6 +100,8 @@ def main() -> None:
         await site.start()
         port = runner.addresses[0][1]
         print(f"naive torch: listening http=127.0.0.1:{port}", flush=True)
+        state = ReadyState("naive-torch", os.getpid(), "ready", "127.0.0.1", {"http": port})
+        write_ready(args.ready_file, state)
         await asyncio.Event().wait()  # until killed
 
     uvloop.run(serve())

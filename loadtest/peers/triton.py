@@ -20,8 +20,10 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
-from inference.process import Pod, spawn
-from loadtest.peers.repo import THREADS, parallelism, served
+from inference.repository.model import THREADS_PARAMETER
+from loadtest.peers import served_model, threads
+from protos.kserve.v2 import model_config_pb2
+from servicekit.launcher import ServiceProcess, spawn
 
 HERE = Path(__file__).parent
 
@@ -40,14 +42,15 @@ def site_packages(venv: Path) -> Path:
 def model_repository(source: Path, models: list[str], out: Path) -> Path:
     """A Triton repository serving ``models`` of ``source`` via the Python backend."""
     for name in models:
-        config, onnx = served(source / name)
-        threads = str(parallelism(config)[1])
+        model = served_model(source / name)
+        config = model_config_pb2.ModelConfig()
+        config.CopyFrom(model.config)
         config.ClearField("platform")
         config.ClearField("optimization")
         config.ClearField("model_warmup")
         config.backend = "python"
-        config.parameters[THREADS].string_value = threads
-        config.parameters["onnx_path"].string_value = str(onnx)
+        config.parameters[THREADS_PARAMETER].string_value = str(threads(model))
+        config.parameters["onnx_path"].string_value = str(model.served_file.resolve())
         (out / name / "1").mkdir(parents=True, exist_ok=True)
         (out / name / "config.pbtxt").write_text(text_format.MessageToString(config))
         shutil.copy(HERE / "triton_model.py", out / name / "1" / "model.py")
@@ -60,7 +63,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start(venv: Path, repository: Path, work: Path) -> Pod:
+def start(venv: Path, repository: Path, work: Path) -> ServiceProcess:
     """Start tritonserver on loopback ports; returns when its models are ready."""
     site = site_packages(venv)
     dist = site / "pytriton" / "tritonserver"
@@ -95,12 +98,12 @@ def start(venv: Path, repository: Path, work: Path) -> Pod:
         "PYTHONPATH": str(site),
         "PATH": f"{venv / 'bin'}:/usr/bin:/bin",
     }
-    server = spawn(cmd, env)
+    server = spawn(cmd, "tritonserver", env)
     if server.wait_for(r"Started HTTPService", timeout=120) is None:
         output = server.output()
         server.stop()
         raise TritonUnavailable(f"tritonserver did not start:\n{output[-3000:]}")
-    server.http_port, server.grpc_port = ports["http"], ports["grpc"]
+    server.ports = ports
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # the log line comes before the models are ready
         try:

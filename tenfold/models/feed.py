@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from optimizers.quality import auc
 from tenfold.models.feed_nets import ItemTables, MMoERanker, TwoTower, UserTower
 from tenfold.models.simulate import Logs, SimConfig, World, latest_histories
-from tenfold.quality import auc
 
 Progress = Callable[[str, float], None]
 #: strength of the logQ correction of in-batch negatives (0: none, 1: full)

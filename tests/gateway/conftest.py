@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from inference.process import start_pod
-from tenfold.stack import gateway_config, start_gateway
+from gateway.launch import gateway_config, start_gateway
+from inference.launch import start_pod
 
 
 @pytest.fixture(scope="module")

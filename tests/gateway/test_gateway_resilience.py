@@ -17,10 +17,10 @@ import requests
 from PIL import Image
 
 from gateway.auth import hash_key
-from inference.process import start_pod
+from gateway.launch import gateway_config, start_gateway
+from inference.launch import start_pod
 from protos.tenfold.v1 import gateway_pb2 as pb
 from protos.tenfold.v1 import gateway_pb2_grpc as pb_grpc
-from tenfold.stack import gateway_config, start_gateway
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -102,9 +102,9 @@ async def effects_burst_grpc(gw, image: bytes, n: int):
         async def one():
             try:
                 await stub.Apply(pb.ApplyEffectRequest(effect="cartoon", image=image, size=512))
-                return grpc.StatusCode.OK
+                return grpc.StatusCode.OK, None
             except grpc.aio.AioRpcError as exc:
-                return exc.code()
+                return exc.code(), dict(exc.trailing_metadata() or ()).get("retry-after")
 
         return await asyncio.gather(*(one() for _ in range(n)))
 
@@ -118,8 +118,12 @@ def test_burst_is_shed_with_429_while_admitted_requests_succeed(make_gateway):
     assert 2 <= statuses.count(200) and statuses.count(429) >= 10
     assert all(ra is not None and int(ra) >= 1 for s, ra in results if s == 429)
 
-    codes = asyncio.run(effects_burst_grpc(gw, image, 24))
+    answers = asyncio.run(effects_burst_grpc(gw, image, 24))
+    codes = [code for code, _ in answers]
     assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
+    # Retry-After travels over gRPC too, as trailing metadata, by the same rule as HTTP
+    shed_hints = [hint for code, hint in answers if code == grpc.StatusCode.RESOURCE_EXHAUSTED]
+    assert shed_hints and all(hint is not None and int(hint) >= 1 for hint in shed_hints)
     assert codes.count(grpc.StatusCode.OK) >= 2
     assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 10
     shed = requests.get(f"http://{gw.http}/metrics", timeout=5).text
@@ -133,6 +137,7 @@ def test_api_keys_routes_and_rate_limits(make_gateway):
             {"name": "tiny", "key_sha256": hash_key("tiny-key"), "rate_per_s": 0.5, "burst": 2},
         ]
     )
+    gw.wait_for(r"ready, pools")  # the notice would come before this line
     assert "loopback" not in gw.output()  # keys configured: no loopback-only notice
 
     def post(headers):
@@ -233,7 +238,7 @@ def test_two_workers_share_the_ports_aggregate_metrics_and_drain(quick_repo, pod
         gateway_config(quick_repo, pods, workers=2), port=free_port(), grpc_port=free_port()
     )
     try:
-        assert "workers=2" in gw.output()
+        assert gw.wait_for(r"workers=2", timeout=10)
         workers = worker_processes(gw.proc.pid)
         assert len(workers) == 2 and all(alive(w) for w in workers)
         for i in range(20):  # a fresh connection each time: the kernel spreads them

@@ -10,10 +10,10 @@ import pytest
 
 from gateway.admission import Admission
 from gateway.auth import Authenticator, hash_key, key_from_headers
-from gateway.balancer import EjectionPolicy, EndpointState, choose
 from gateway.experiments import assign
 from gateway.limits import RetryBudget, TokenBucket
 from gateway.settings import ExperimentSettings, GatewaySettings, TenantSettings
+from gateway.upstream.balancer import EjectionPolicy, EndpointState, choose
 from inference.protocol.errors import PermissionDenied, TooManyRequests, Unauthenticated
 
 POLICY = EjectionPolicy(after_failures=3, base_s=2.0, max_s=30.0)

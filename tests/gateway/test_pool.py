@@ -9,10 +9,11 @@ import time
 
 import pytest
 
-from gateway.balancer import EjectionPolicy
 from gateway.metrics import GatewayMetrics
-from gateway.pools import Pool, PoolDeps, UpstreamError
 from gateway.settings import EndpointSettings
+from gateway.upstream.balancer import EjectionPolicy
+from gateway.upstream.errors import UpstreamError
+from gateway.upstream.pools import Pool, PoolDeps
 from inference.protocol.errors import DeadlineExceeded, InvalidInput, ServerUnavailable
 
 

@@ -12,7 +12,7 @@ import pytest
 import tritonclient.grpc as tgrpc
 from tritonclient.utils import InferenceServerException
 
-from inference.process import start_pod
+from inference.launch import start_pod
 
 pytestmark = pytest.mark.integration
 
@@ -168,8 +168,8 @@ def test_grpc_errors(pod):
 
 
 def test_grpc_raw_contents_count_mismatch(pod):
-    from inference.protocol import kserve_grpc
     from protos.kserve.v2 import grpc_service_pb2 as pb
+    from servicekit import kserve_grpc
 
     request = pb.ModelInferRequest(model_name="scale")
     request.inputs.add(name="x", datatype="FP32", shape=[1, 2])

@@ -5,18 +5,20 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
-import re
 import signal
 import threading
 import time
 
+import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
 import tritonclient.grpc.aio as tgrpc_aio
 
 from inference.examples import mlp
-from inference.process import start_pod
+from inference.launch import start_pod
+from inference.protocol.kserve_pb import infer_request
+from servicekit.kserve_grpc import MODEL_INFER
 from tests.models import scale, write_model
 
 pytestmark = pytest.mark.integration
@@ -169,7 +171,7 @@ def test_broken_model_refuses_start_when_strict(tmp_path):
 def test_broken_model_reported_not_ready_when_lenient(tmp_path):
     pod = start_pod(_broken_repo(tmp_path), "--no-strict-model-load")
     try:
-        assert re.search(r"model 'broken' NOT served", pod.output())
+        assert pod.wait_for(r"model 'broken' NOT served", timeout=10)
 
         def get(method, path, body=None):
             conn = http.client.HTTPConnection("127.0.0.1", pod.http_port, timeout=10)
@@ -184,8 +186,23 @@ def test_broken_model_reported_not_ready_when_lenient(tmp_path):
         assert status == 503 and "input0" in json.loads(body)["error"]
         assert get("GET", "/v2/health/ready")[0] == 200
         assert get("GET", "/v2/models/good/ready")[0] == 200
+        code, details, retry_after = asyncio.run(_grpc_infer_status(pod, "broken"))
+        # UNAVAILABLE with Retry-After as trailing metadata, the same rule as over HTTP
+        assert code == grpc.StatusCode.UNAVAILABLE and "input0" in details
+        assert retry_after == "1"
     finally:
         assert pod.stop() == 0
+
+
+async def _grpc_infer_status(pod, model: str):
+    request = infer_request(model, {"x": np.ones((1, 2), np.float32)}).SerializeToString()
+    async with grpc.aio.insecure_channel(pod.grpc) as channel:
+        try:
+            await channel.unary_unary(MODEL_INFER)(request, timeout=10)
+        except grpc.aio.AioRpcError as exc:
+            metadata = dict(exc.trailing_metadata() or ())
+            return exc.code(), exc.details(), metadata.get("retry-after")
+    return grpc.StatusCode.OK, "", None
 
 
 def test_mlp_example_repository_serves(tmp_path):

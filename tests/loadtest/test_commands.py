@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from inference.process import start_pod
+from gateway.launch import gateway_config, start_gateway
+from inference.launch import start_pod
 from loadtest.cli import app, parse_rates
 from loadtest.shapes import stage_users  # not loadtest.surge: locust would monkey-patch
 from loadtest.targets import LoadTestError
-from tenfold.stack import gateway_config, start_gateway
 
 ROOT = Path(__file__).resolve().parents[2]
 

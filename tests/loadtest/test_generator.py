@@ -10,7 +10,7 @@ from collections import Counter
 import aiohttp
 import pytest
 
-from loadtest.openloop import arrivals, open_loop
+from loadtest.openloop import arrivals, closed_loop, open_loop
 from loadtest.recorder import TIMEOUT, Interval, is_ok
 from loadtest.runner import RunPlan, run
 from loadtest.scenarios import FeedSessions, ScenarioSpec
@@ -48,6 +48,34 @@ def test_rate_is_kept_and_queueing_shows_in_p99():
     assert over.percentile_ms(99) > 1500
     assert over.percentile_ms(50) > 10 * under.percentile_ms(50)
     assert over.elapsed_s > 3.5 and over.achieved_rate < 60
+
+
+def test_closed_loop_records_every_latency_in_the_hdr_recorder():
+    # 4 workers back to back on a server that serves one request at a time in 20 ms:
+    # ~50/s, and each request waits behind the 3 others (~80 ms)
+    async def closed(url: str):
+        async with aiohttp.ClientSession() as session:
+            return await closed_loop(feed_sender(session, url), 4, 1.0)
+
+    with SlowServer(service_s=0.02) as server:
+        result = asyncio.run(closed(server.url))
+        handled = server.handled
+    assert set(result.statuses) == {"200"} and result.ok == handled
+    assert result.total.histogram.get_total_count() == result.total.completed == handled
+    assert result.rate == pytest.approx(50, rel=0.25) and result.elapsed_s >= 1.0
+    assert 50 <= result.percentile_ms(50) <= 160
+    assert result.summary()["concurrency"] == 4
+
+
+async def test_closed_loop_counts_errors_as_statuses():
+    async def broken() -> str:
+        await asyncio.sleep(0.01)
+        raise RuntimeError("no")
+
+    result = await closed_loop(broken, 2, 0.2)
+    assert set(result.statuses) == {"RuntimeError"} and result.ok == 0 and result.rate == 0
+    assert result.total.errors == {"RuntimeError": result.total.completed}
+    assert 8 <= result.percentile_ms(50) <= 60
 
 
 async def test_unanswered_requests_are_timeouts():

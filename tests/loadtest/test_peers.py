@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from inference.repository.config import read_config
+from inference.repository.model import read_model
 from loadtest.bench_peers import check_parity, limit, naive_torch, sample, workloads
 from loadtest.peers import triton
-from loadtest.peers.repo import metadata
 
 ROOT = Path(__file__).resolve().parents[2]
 TRITON_VENV = ROOT / ".venv-triton"
@@ -19,7 +18,7 @@ TRITON_VENV = ROOT / ".venv-triton"
 def test_triton_repository_mirrors_the_pods_config(quick_repo, tmp_path):
     out = triton.model_repository(quick_repo, ["feed_ranker", "effects_cartoon"], tmp_path)
     for name in ("feed_ranker", "effects_cartoon"):
-        ours, theirs = read_config(quick_repo / name), read_config(out / name)
+        ours, theirs = read_model(quick_repo / name).config, read_model(out / name).config
         assert theirs.backend == "python" and not theirs.platform
         assert theirs.dynamic_batching == ours.dynamic_batching
         assert list(theirs.instance_group) == list(ours.instance_group)
@@ -31,7 +30,7 @@ def test_triton_repository_mirrors_the_pods_config(quick_repo, tmp_path):
 
 
 def reference(repo: Path, work) -> tuple[dict, dict]:
-    feeds = sample(work, metadata(read_config(repo / work.model)))
+    feeds = sample(work, read_model(repo / work.model).input_metadata())
     return feeds, limit(repo, work, feeds, seconds=0.2)["reference"]
 
 

@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch", reason="the default models need the torch e
 
 import tritonclient.grpc as tgrpc  # noqa: E402
 
-from inference.process import start_pod  # noqa: E402
+from inference.launch import start_pod  # noqa: E402
 from tests.triton import grpc_infer  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]

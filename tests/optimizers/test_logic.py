@@ -12,11 +12,11 @@ from inference.repository.errors import RepositoryError
 from inference.repository.loader import load_model
 from inference.runtime.onnx_model import SessionSettings
 from optimizers.judges import Evaluation, ImageJudge, RankerJudge, TowerJudge
+from optimizers.quality import auc
 from optimizers.settings import OptimizeSettings, ParitySettings
 from optimizers.tune import Tuning, tuned_config
 from protos.kserve.v2 import model_config_pb2
-from tenfold.quality import auc
-from tenfold.settings import SettingsError, load_settings
+from servicekit.settings import SettingsError, load_settings
 from tests.models import MLP_CONFIG, mlp, write_model
 
 

@@ -15,7 +15,7 @@ pytest.importorskip("onnxslim", reason="the optimizers need the optimize extra")
 
 import tritonclient.grpc as tgrpc
 
-from inference.process import start_pod
+from inference.launch import start_pod
 from optimizers.bench import runner, session
 from optimizers.errors import OptimizeError
 from optimizers.pipeline import MANIFEST, optimize

@@ -12,9 +12,9 @@ from tritonclient.grpc import service_pb2 as triton_pb
 
 from inference.grpc.codec import decode_request as grpc_decode
 from inference.grpc.codec import encode_response as grpc_encode
-from inference.http.codec import HEADER_LENGTH, decode_request, encode_response
 from inference.protocol.datatypes import deserialize_bytes_tensor, serialize_bytes_tensor
 from inference.protocol.errors import InvalidInput
+from inference.protocol.kserve_http import HEADER_LENGTH, decode_request, encode_response
 from inference.protocol.tensors import InferRequest, InferResponse, RequestedOutput, Tensor
 from protos.kserve.v2 import grpc_service_pb2 as pb
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from inference.settings import InferenceSettings
-from tenfold.settings import SettingsError, load_settings
+from servicekit.settings import SettingsError, load_settings
 
 
 def test_defaults_match_triton_ports(tmp_path):

@@ -1,17 +1,22 @@
 """What every aiohttp adapter of ours shares: JSON answers, the error answer built from
 a ``TenfoldError`` (status, message, Retry-After), and the middleware that turns any
-exception into one. The status table itself lives on the error classes."""
+exception into one. The status table itself lives on the error classes
+(``inference.protocol.errors``)."""
 
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from inference.protocol.errors import InternalError, InvalidInput, PayloadTooLarge, TenfoldError
+from inference.protocol.errors import (
+    InternalError,
+    PayloadTooLarge,
+    TenfoldError,
+    retry_after_seconds,
+)
 
 
 def json_response(doc: Any, status: int = 200) -> web.Response:
@@ -20,8 +25,9 @@ def json_response(doc: Any, status: int = 200) -> web.Response:
 
 def error_response(exc: TenfoldError) -> web.Response:
     response = json_response({"error": exc.message}, exc.http_status)
-    if exc.retry_after is not None:
-        response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    seconds = retry_after_seconds(exc)
+    if seconds is not None:
+        response.headers["Retry-After"] = str(seconds)
     return response
 
 
@@ -45,14 +51,3 @@ def errors_middleware(log: logging.Logger):
             return error_response(InternalError())
 
     return middleware
-
-
-def json_object(raw: bytes | memoryview, what: str = "body") -> dict:
-    """Parse a JSON object or raise InvalidInput saying what was wrong."""
-    try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"{what}: malformed JSON ({exc})") from None
-    if not isinstance(doc, dict):
-        raise InvalidInput(f"{what}: must be a JSON object")
-    return doc

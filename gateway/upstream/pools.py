@@ -15,16 +15,16 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
-import aiohttp
 import grpc
 
-from gateway.balancer import EjectionPolicy, EndpointState, choose
 from gateway.limits import RetryBudget
 from gateway.metrics import GatewayMetrics
 from gateway.settings import EndpointSettings
-from inference.protocol.errors import DeadlineExceeded, ServerUnavailable, TenfoldError
-from inference.protocol.kserve_grpc import method_path
+from gateway.upstream.balancer import EjectionPolicy, EndpointState, choose
+from gateway.upstream.errors import UpstreamError
+from inference.protocol.errors import DeadlineExceeded, ServerUnavailable
 from protos.kserve.v2 import grpc_service_pb2 as pb
+from servicekit.kserve_grpc import method_path
 
 T = TypeVar("T")
 _READY = method_path("ServerReady")
@@ -35,17 +35,6 @@ _CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.enable_retries", 0),  # retries are ours, bounded by the budget
 ]
-
-
-class UpstreamError(Exception):
-    """An attempt failed. ``retryable``: another endpoint may succeed; ``endpoint_fault``:
-    counts towards ejecting this endpoint."""
-
-    def __init__(self, error: TenfoldError, retryable: bool, endpoint_fault: bool) -> None:
-        super().__init__(error.message)
-        self.error = error
-        self.retryable = retryable
-        self.endpoint_fault = endpoint_fault
 
 
 class Endpoint:
@@ -220,9 +209,8 @@ class Pool:
 class PoolRegistry:
     """All pools by name; ``update`` is the run-time interface for endpoint changes."""
 
-    def __init__(self, pools: dict[str, Pool], http: aiohttp.ClientSession | None = None) -> None:
+    def __init__(self, pools: dict[str, Pool]) -> None:
         self.pools = pools
-        self.http = http
 
     async def check_health(self, timeout_s: float = 1.0) -> None:
         await asyncio.gather(*(p.check_health(timeout_s) for p in self.pools.values()))
@@ -238,5 +226,3 @@ class PoolRegistry:
 
     async def close(self) -> None:
         await asyncio.gather(*(p.close() for p in self.pools.values()))
-        if self.http is not None:
-            await self.http.close()

@@ -85,3 +85,7 @@ def reflection_pool() -> descriptor_pool.DescriptorPool:
                 method.output_type = new + method.output_type[len(old) :]
         pool.Add(proto)
     return pool
+
+
+#: the path of the method every client calls most
+MODEL_INFER = method_path("ModelInfer")

@@ -1,4 +1,6 @@
-"""KServe v2 JSON tensors and the binary tensor data extension <-> protocol types."""
+"""KServe v2 over HTTP: JSON tensors and the binary tensor data extension <-> protocol
+types. Framework-free (numpy, orjson): the pod's aiohttp adapter and any other HTTP
+server of the protocol (the naive peer) use it."""
 
 from __future__ import annotations
 
@@ -14,8 +16,8 @@ from inference.protocol.datatypes import (
     numpy_dtype,
 )
 from inference.protocol.errors import InvalidInput
+from inference.protocol.jsondoc import json_object
 from inference.protocol.tensors import InferRequest, InferResponse, RequestedOutput, Tensor
-from tenfold.web import json_object
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 

@@ -1,0 +1,102 @@
+"""The one implementation of ``Upstream``: named pools, the model -> pool routing, the
+gRPC client and the HTTP pass-through client; and ``build_upstreams``, where they are
+built from settings."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterable
+
+from gateway.metrics import GatewayMetrics
+from gateway.settings import EndpointSettings, GatewaySettings
+from gateway.upstream.balancer import EjectionPolicy
+from gateway.upstream.kserve import PoolClient, call_raw
+from gateway.upstream.passthrough import HttpPassthrough
+from gateway.upstream.pools import Pool, PoolDeps, PoolRegistry
+from inference.protocol.errors import ModelNotFound, ServerUnavailable
+
+
+class _MissingPool:
+    """A pipeline configured for a pool that does not exist answers 503, not 500."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    async def infer(self, model, inputs, deadline, version="", request_id=""):
+        raise ServerUnavailable(f"no pool named {self.name!r}")
+
+
+class Upstreams:
+    def __init__(self, pools: PoolRegistry, models: dict[str, tuple[str, ...]]) -> None:
+        self.pools = pools
+        self._models = models  # pool name -> the models it serves
+        self._http = HttpPassthrough()
+
+    def pool_for_model(self, model: str) -> str:
+        for name, served in self._models.items():
+            if model in served:
+                return name
+        if len(self._models) == 1:
+            return next(iter(self._models))
+        raise ModelNotFound(f"no pool serves model {model!r}")
+
+    def client(self, pool: str):
+        found = self.pools.pools.get(pool)
+        return PoolClient(found) if found is not None else _MissingPool(pool)
+
+    async def infer_raw(
+        self, model: str, method_path: str, request: bytes, deadline: float
+    ) -> bytes:
+        pool = self.pools.get(self.pool_for_model(model))
+        return await call_raw(pool, method_path, request, deadline)
+
+    async def http(
+        self,
+        model: str,
+        method: str,
+        path: str,
+        body: bytes,
+        headers: dict[str, str],
+        deadline: float,
+    ) -> tuple[int, dict[str, str], bytes]:
+        pool = self.pools.get(self.pool_for_model(model))
+        return await self._http.forward(pool, method, path, body, headers, deadline)
+
+    def ready(self) -> dict[str, int]:
+        return {name: pool.ready_endpoints() for name, pool in self.pools.pools.items()}
+
+    def update(self, pool: str, endpoints: Iterable[EndpointSettings]) -> None:
+        self.pools.update(pool, endpoints)
+
+    async def start(self) -> None:
+        await self._http.start()
+
+    async def check_health(self) -> None:
+        await self.pools.check_health()
+
+    async def close(self) -> None:
+        await self.pools.close()
+        await self._http.close()
+
+
+def build_upstreams(
+    settings: GatewaySettings,
+    metrics: GatewayMetrics,
+    clock: Callable[[], float] = time.monotonic,
+    rng: random.Random | None = None,
+) -> Upstreams:
+    deps = PoolDeps(
+        metrics=metrics,
+        clock=clock,
+        rng=rng or random.Random(),
+        policy=EjectionPolicy(
+            settings.eject_after_failures, settings.eject_base_s, settings.eject_max_s
+        ),
+        budget_ratio=settings.retry_budget_ratio,
+        budget_min_per_s=settings.retry_budget_min_per_s,
+        hedge_after_s=settings.hedge_after_ms / 1000 if settings.hedge_after_ms else None,
+    )
+    pools = PoolRegistry({n: Pool(n, p.endpoints, deps) for n, p in settings.pools.items()})
+    models = {n: tuple(p.models) for n, p in settings.pools.items()}
+    return Upstreams(pools, models)
