@@ -1,4 +1,4 @@
-"""Build hook: generate the protobuf/gRPC Python code from protos/*.proto.
+"""Build hook: generate the protobuf/gRPC Python code from protos/**/*.proto.
 
 Everything else about the package lives in pyproject.toml. The generated modules are
 not committed; they are produced here, by every build (wheel, sdist, editable

@@ -22,6 +22,7 @@ from gateway.feed import FeedAnswer, FeedBody, FeedItemOut, FeedPipeline
 from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
 from gateway.upstream import Upstream
+from gateway.upstream.passthrough import HttpRequest
 from inference.protocol.errors import ServerUnavailable, TenfoldError, TooManyRequests
 
 
@@ -139,10 +140,10 @@ class GatewayCore:
         return await self.upstream.infer_raw(model, method_path, request, call.deadline)
 
     async def http_passthrough(
-        self, model: str, method: str, path: str, body: bytes, headers: dict[str, str], call: Call
+        self, model: str, request: HttpRequest, call: Call
     ) -> tuple[int, dict[str, str], bytes]:
         """KServe v2 HTTP pass-through to an endpoint's HTTP address."""
-        return await self.upstream.http(model, method, path, body, headers, call.deadline)
+        return await self.upstream.http(model, request, call.deadline)
 
     def ready(self) -> dict[str, int]:
         """Ready endpoints per pool; the gateway is ready when every pool has one."""

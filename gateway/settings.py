@@ -50,9 +50,6 @@ class FeedSettings(BaseModel):
     networks: list[str] = Field(
         default_factory=lambda: ["wifi", "5g", "4g"], description="network names by index"
     )
-    known_users: int = Field(
-        0, ge=0, description="user ids 0..known_users-1 have embeddings (0 = all ints)"
-    )
     deadline_ms: float = Field(500, gt=0, description="default deadline of a feed request")
 
 

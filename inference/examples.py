@@ -1,4 +1,4 @@
-"""A small demo repository for ``make run`` before the real models are built: a
+"""A small demo repository (``tenfold inference example-repo DIR``): a
 ranking-style MLP (64 features -> 128 -> 64 -> 1, sigmoid) with seeded weights,
 written with onnx.helper, so serving needs no torch."""
 

@@ -1,6 +1,6 @@
 """Start an inference pod as a child process (``python -m tenfold inference serve``) on
 free loopback ports; its ports come from its ready file. The public way for tests,
-benchmarks, the local stack and the autoscaler's local provider to run a pod."""
+benchmarks and the local stack to run a pod."""
 
 from __future__ import annotations
 

@@ -3,6 +3,6 @@ control plane and autoscaler): settings loading, logging, the uvloop run loop wi
 signal handling and ordered drain, a machine-readable ready file, the process launcher
 that reads it, a worker supervisor, and the aiohttp / grpc.aio error adapters.
 
-It knows nothing of any service: it imports ``inference.protocol`` (the error
-hierarchy) and third-party libraries only, and nothing imports the CLI package.
+It knows nothing of any service: of ours it imports only ``inference.protocol`` (the
+error hierarchy) and ``protos``; nothing here imports the CLI package.
 """

@@ -1,28 +1,48 @@
-"""The ``tenfold`` command. Each package adds its own sub-command group."""
+"""The ``tenfold`` command, on top of every package: each adds its own sub-command group.
+
+The groups are imported only when they are asked for: ``tenfold inference serve`` (a
+pod) loads the inference CLI, not the load tester's or the optimizer's.
+"""
 
 from __future__ import annotations
 
+import importlib
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from gateway.cli import app as gateway_app
-from inference.cli import app as inference_app
-from loadtest.cli import app as loadtest_app
-from optimizers.cli import optimize_cmd
-from tenfold.models.cli import app as models_app
+#: sub-command -> "module:attribute" of its typer app (or, for a command, its function)
+GROUPS = {
+    "inference": "inference.cli:app",
+    "gateway": "gateway.cli:app",
+    "models": "tenfold.models.cli:app",
+    "loadtest": "loadtest.cli:app",
+}
+COMMANDS = {"optimize": "optimizers.cli:optimize_cmd"}
 
 app = typer.Typer(
     help="tenfold: high-concurrency model serving.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-app.add_typer(inference_app, name="inference")
-app.add_typer(gateway_app, name="gateway")
-app.add_typer(models_app, name="models")
-app.add_typer(loadtest_app, name="loadtest")
-app.command("optimize")(optimize_cmd)
+
+
+def _load(target: str):
+    module, attribute = target.split(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def register(wanted: str | None = None) -> typer.Typer:
+    """Add the sub-commands to ``app``: only ``wanted`` when it names one, else all."""
+    for name, target in GROUPS.items():
+        if wanted in (None, name):
+            app.add_typer(_load(target), name=name)
+    for name, target in COMMANDS.items():
+        if wanted in (None, name):
+            app.command(name)(_load(target))
+    return app
 
 
 @app.command()
@@ -50,4 +70,5 @@ def up(
 
 
 def main() -> None:
-    app()
+    first = sys.argv[1] if len(sys.argv) > 1 else None
+    register(first if first in GROUPS or first in COMMANDS else None)()

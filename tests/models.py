@@ -93,6 +93,16 @@ def heavy(width: int = 1024, layers: int = 12, expand: int = 64) -> onnx.ModelPr
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
 
 
+#: a model "m" of the ``scale`` graph: [n, 2] FP32 in and out, batches up to 8
+SCALE = """
+name: "m"
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+input [ { name: "x" data_type: TYPE_FP32 dims: [ 2 ] } ]
+output [ { name: "y" data_type: TYPE_FP32 dims: [ 2 ] } ]
+"""
+
+
 MLP_CONFIG = """
 name: "mlp"
 platform: "onnxruntime_onnx"

@@ -1,4 +1,4 @@
-"""The import layering of docs/architecture.md ("Layering"), checked with import-linter
+"""The import layering of docs/architecture.md ("Packages and layering"), checked with import-linter
 against the contracts in pyproject.toml; and a check that a contract really fails when
 the layering is broken (so a green run means something)."""
 
@@ -51,3 +51,22 @@ def test_a_framework_import_in_the_protocol_layer_breaks_the_contract(tmp_path):
     broken = _lint(tmp_path, "--config", str(config))
     assert broken.returncode == 1, broken.stdout + broken.stderr
     assert "inference.protocol.leak -> grpc" in broken.stdout
+
+
+def test_a_pod_command_loads_no_offline_cli():
+    """`tenfold inference ...` imports only the inference group, not the load tester's
+    or the optimizer's (the CLI registers sub-command groups on demand)."""
+    probe = (
+        "import sys\n"
+        "sys.argv = ['tenfold', 'inference', '--help']\n"
+        "from tenfold.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "offline = {'optimizers', 'loadtest', 'gateway'}\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & offline))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert "serve" in out.stdout  # the inference group's help was shown

@@ -11,6 +11,7 @@ from gateway.auth import key_from_headers
 from gateway.core import GatewayCore
 from gateway.feed import FeedBody
 from gateway.http.openapi import document
+from gateway.upstream.passthrough import HttpRequest
 from inference.protocol.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from inference.protocol.jsondoc import json_object
 from servicekit.validation import validation_message
@@ -131,9 +132,8 @@ def _pass_through(route_has_body: bool):
                 for k, v in request.headers.items()
                 if k.lower() in ("content-type", "inference-header-content-length")
             }
-            status, kept, data = await _core(request).http_passthrough(
-                model, request.method, request.path_qs, body, headers, call
-            )
+            upstream = HttpRequest(request.method, request.path_qs, body, headers)
+            status, kept, data = await _core(request).http_passthrough(model, upstream, call)
             return web.Response(body=data, status=status, headers=kept)
 
     return handler

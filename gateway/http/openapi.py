@@ -1,8 +1,9 @@
 """The OpenAPI 3 description of the gateway's HTTP API.
 
 Paths are written here by hand; request/response schemas come from the pydantic models
-the handlers validate with. ``tests/gateway/test_openapi.py`` keeps it true: every
-route of the app is described, nothing else is, and real answers match the schemas.
+the handlers validate with. ``tests/gateway/test_gateway_stack.py``
+(``test_openapi_describes_exactly_the_routes``) keeps it true: every route of the app
+is described, nothing else is, and real answers match the schemas.
 """
 
 from __future__ import annotations

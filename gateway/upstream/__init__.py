@@ -14,6 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from gateway.settings import EndpointSettings
+from gateway.upstream.passthrough import HttpRequest
 
 
 class ModelClient(Protocol):
@@ -39,16 +40,9 @@ class Upstream(Protocol):
     ) -> bytes:
         """KServe v2 gRPC pass-through: ``request`` to the model's pool, unchanged."""
 
-    async def http(
-        self,
-        model: str,
-        method: str,
-        path: str,
-        body: bytes,
-        headers: dict[str, str],
-        deadline: float,
-    ) -> tuple[int, dict[str, str], bytes]:
-        """KServe v2 HTTP pass-through to an endpoint of the model's pool."""
+    async def http(self, model: str, request: HttpRequest, deadline: float):
+        """KServe v2 HTTP pass-through to an endpoint of the model's pool: the
+        endpoint's (status, kept headers, body)."""
 
     def ready(self) -> dict[str, int]:
         """Ready endpoints per pool."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import aiohttp
 from aiohttp import ClientTimeout
 
@@ -11,6 +13,16 @@ from inference.protocol.errors import ServerUnavailable
 
 #: upstream response headers an HTTP pass-through answer keeps
 PASSED_HEADERS = frozenset({"content-type", "inference-header-content-length", "retry-after"})
+
+
+@dataclass(frozen=True)
+class HttpRequest:
+    """A KServe v2 HTTP request to pass through as it came (path with its query)."""
+
+    method: str
+    path: str
+    body: bytes
+    headers: dict[str, str]
 
 
 class HttpPassthrough:
@@ -25,13 +37,7 @@ class HttpPassthrough:
         )
 
     async def forward(
-        self,
-        pool: Pool,
-        method: str,
-        path: str,
-        body: bytes,
-        headers: dict[str, str],
-        deadline: float,
+        self, pool: Pool, request: HttpRequest, deadline: float
     ) -> tuple[int, dict[str, str], bytes]:
         """The endpoint's (status, kept headers, body)."""
         session = self._session
@@ -41,10 +47,11 @@ class HttpPassthrough:
         async def attempt(endpoint: Endpoint, timeout_s: float):
             if not endpoint.settings.http:
                 raise UpstreamError(ServerUnavailable("endpoint has no HTTP address"), True, False)
-            url = f"http://{endpoint.settings.http}{path}"
+            url = f"http://{endpoint.settings.http}{request.path}"
+            timeout = ClientTimeout(total=timeout_s)
             try:
                 async with session.request(
-                    method, url, data=body, headers=headers, timeout=ClientTimeout(total=timeout_s)
+                    request.method, url, data=request.body, headers=request.headers, timeout=timeout
                 ) as resp:
                     data = await resp.read()
                     kept = {k: v for k, v in resp.headers.items() if k.lower() in PASSED_HEADERS}

@@ -3,8 +3,8 @@
 ``Pool.call`` picks an endpoint (power of two choices on in-flight), sends within the
 request's deadline, retries another endpoint on connection failure / UNAVAILABLE while
 the retry budget allows, optionally hedges after a delay, and ejects endpoints that
-keep failing. ``PoolRegistry.update`` replaces a pool's endpoints at run time: the one
-interface through which config, the mesh control plane and the autoscaler feed it.
+keep failing. ``PoolRegistry.update`` replaces a pool's endpoints at run time; outside
+this package that is ``Upstream.update`` (``gateway.upstream``).
 """
 
 from __future__ import annotations

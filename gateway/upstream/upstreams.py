@@ -12,7 +12,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.settings import EndpointSettings, GatewaySettings
 from gateway.upstream.balancer import EjectionPolicy
 from gateway.upstream.kserve import PoolClient, call_raw
-from gateway.upstream.passthrough import HttpPassthrough
+from gateway.upstream.passthrough import HttpPassthrough, HttpRequest
 from gateway.upstream.pools import Pool, PoolDeps, PoolRegistry
 from inference.protocol.errors import ModelNotFound, ServerUnavailable
 
@@ -51,17 +51,9 @@ class Upstreams:
         pool = self.pools.get(self.pool_for_model(model))
         return await call_raw(pool, method_path, request, deadline)
 
-    async def http(
-        self,
-        model: str,
-        method: str,
-        path: str,
-        body: bytes,
-        headers: dict[str, str],
-        deadline: float,
-    ) -> tuple[int, dict[str, str], bytes]:
+    async def http(self, model: str, request: HttpRequest, deadline: float):
         pool = self.pools.get(self.pool_for_model(model))
-        return await self._http.forward(pool, method, path, body, headers, deadline)
+        return await self._http.forward(pool, request, deadline)
 
     def ready(self) -> dict[str, int]:
         return {name: pool.ready_endpoints() for name, pool in self.pools.pools.items()}

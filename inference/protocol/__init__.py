@@ -1,6 +1,8 @@
-"""Transport-free request/response types, the error hierarchy and the datatype table.
+"""Transport-free request/response types, the error hierarchy and its status table, the
+datatype table, and the KServe v2 codecs (HTTP JSON/binary, gRPC messages).
 
-Imports only the standard library, numpy and ``protos`` (see DESIGN.md, layering).
+Imports only the standard library, numpy, orjson and ``protos`` (docs/architecture.md,
+"Packages and layering"; checked by import-linter).
 """
 
 from inference.protocol.errors import (

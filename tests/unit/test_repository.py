@@ -7,17 +7,9 @@ import pytest
 from inference.repository.errors import RepositoryError
 from inference.repository.loader import load_model
 from inference.runtime.onnx_model import SessionSettings
-from tests.models import MULTI_IO_CONFIG, multi_io, scale, write_model
+from tests.models import MULTI_IO_CONFIG, SCALE, multi_io, scale, write_model
 
 SETTINGS = SessionSettings(intra_op_threads=1)
-
-SCALE = """
-name: "m"
-platform: "onnxruntime_onnx"
-max_batch_size: 8
-input [ { name: "x" data_type: TYPE_FP32 dims: [ 2 ] } ]
-output [ { name: "y" data_type: TYPE_FP32 dims: [ 2 ] } ]
-"""
 
 
 def load(tmp_path, config: str | None, model=None, versions=(1,)):

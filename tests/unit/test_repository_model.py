@@ -12,15 +12,7 @@ from inference.repository.loader import load_model
 from inference.repository.model import THREADS_PARAMETER, read_model
 from inference.runtime.onnx_model import SessionSettings
 from protos.kserve.v2 import model_config_pb2
-from tests.models import MULTI_IO_CONFIG, scale, write_model
-
-SCALE = """
-name: "m"
-platform: "onnxruntime_onnx"
-max_batch_size: 8
-input [ { name: "x" data_type: TYPE_FP32 dims: [ 2 ] } ]
-output [ { name: "y" data_type: TYPE_FP32 dims: [ 2 ] } ]
-"""
+from tests.models import MULTI_IO_CONFIG, SCALE, scale, write_model
 
 
 def model_dir(tmp_path, config: str | None, versions=(1,)):
