@@ -4,7 +4,7 @@ the pod's batcher formed (the limit).
 
     tenfold loadtest bench pod [--duration 8] [--out docs/results/bench_pod.json]
 
-The model is the ranking MLP of BASELINE.md (256-512-256-128-1, seeded weights), one
+The model is a ranking MLP (256-512-256-128-1, seeded weights), one
 row per request. The pod runs in its own process; the load generator (one Python
 process, ``loadtest.openloop.closed_loop``: each of N workers sends its next request
 when the previous one answers; latencies in the HDR recorder) shares the machine's
