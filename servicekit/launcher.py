@@ -105,14 +105,21 @@ class ServiceProcess:
 
     def output(self) -> str:
         """Everything the child printed so far (captured output only)."""
+        self.new_output()
+        return "".join(self.log)
+
+    def new_output(self) -> str:
+        """What the child printed since the last call (kept in ``log`` too)."""
+        fresh = []
         while self.lines is not None:
             try:
                 line = self.lines.get_nowait()
             except queue.Empty:
                 break
             if line is not None:
-                self.log.append(line)
-        return "".join(self.log)
+                fresh.append(line)
+        self.log.extend(fresh)
+        return "".join(fresh)
 
     # -- stopping -----------------------------------------------------------------------
     def stop(self, timeout: float = 30.0) -> int:

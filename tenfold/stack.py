@@ -43,9 +43,11 @@ def up(repo: Path, pods: int, port: int, grpc_port: int, workers: int, threads: 
         config = gateway_config(repo, started[:], workers=workers)
         gateway = start_gateway(config, port=port, grpc_port=grpc_port)
         started.append(gateway)
-        print(gateway.output(), end="", flush=True)
+        print(gateway.new_output(), end="", flush=True)
         print(EXAMPLES.format(http=gateway.http_port, grpc=gateway.grpc_port), flush=True)
         while not stop.wait(0.5):
+            for child in started:  # what the pods and the gateway say from now on
+                print(child.new_output(), end="", flush=True)
             if any(p.proc.poll() is not None for p in started):
                 print("tenfold: a process of the stack exited; stopping", file=sys.stderr)
                 return 1
