@@ -109,7 +109,7 @@ def _supervise(settings: GatewaySettings, ready_file: Path | None) -> int:
         except LaunchError as exc:
             say(NAME, f"cannot start: {exc}", error=True)
             return 1
-        host = "127.0.0.1" if settings.loopback_only else settings.host
+        host = settings.bind_host
         _loopback_notice(settings)
         say(NAME, listening_line(settings, host, ports))
         write_ready(ready_file, ReadyState(NAME, os.getpid(), "ready", host, ports))

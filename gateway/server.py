@@ -60,7 +60,7 @@ class GatewayServer:
 
     @property
     def host(self) -> str:
-        return "127.0.0.1" if self.settings.loopback_only else self.settings.host
+        return self.settings.bind_host
 
     async def start(self) -> BoundPorts:
         s = self.settings

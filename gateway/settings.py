@@ -143,3 +143,8 @@ class GatewaySettings(BaseSettings):
     @property
     def loopback_only(self) -> bool:
         return not self.tenants
+
+    @property
+    def bind_host(self) -> str:
+        """Where the listeners bind: loopback only while no API keys are configured."""
+        return "127.0.0.1" if self.loopback_only else self.host

@@ -6,12 +6,10 @@ import grpc
 import numpy as np
 
 from gateway.upstream.errors import from_status
-from gateway.upstream.pools import Endpoint, Pool
+from gateway.upstream.pools import Endpoint, Pool, PoolRegistry
 from inference.protocol.kserve_pb import infer_outputs, infer_request
 from protos.kserve.v2 import grpc_service_pb2 as pb
 from servicekit.kserve_grpc import MODEL_INFER
-
-INFER = MODEL_INFER
 
 
 async def call_raw(
@@ -33,10 +31,12 @@ async def call_raw(
 
 
 class PoolClient:
-    """Model inference through one pool (what the feed and effects pipelines use)."""
+    """Model inference through one named pool (what the feed and effects pipelines use);
+    the pool is looked up per call, so a missing one answers 503 like any other route."""
 
-    def __init__(self, pool: Pool) -> None:
-        self.pool = pool
+    def __init__(self, pools: PoolRegistry, name: str) -> None:
+        self.pools = pools
+        self.name = name
 
     async def infer(
         self,
@@ -48,6 +48,6 @@ class PoolClient:
     ) -> tuple[dict[str, np.ndarray], str]:
         """Run ``model`` on ``inputs``; returns (outputs, model version)."""
         request = infer_request(model, inputs, version, request_id).SerializeToString()
-        raw = await call_raw(self.pool, INFER, request, deadline)
+        raw = await call_raw(self.pools.get(self.name), MODEL_INFER, request, deadline)
         response = pb.ModelInferResponse.FromString(raw)
         return infer_outputs(response), response.model_version

@@ -14,17 +14,7 @@ from gateway.upstream.balancer import EjectionPolicy
 from gateway.upstream.kserve import PoolClient, call_raw
 from gateway.upstream.passthrough import HttpPassthrough, HttpRequest
 from gateway.upstream.pools import Pool, PoolDeps, PoolRegistry
-from inference.protocol.errors import ModelNotFound, ServerUnavailable
-
-
-class _MissingPool:
-    """A pipeline configured for a pool that does not exist answers 503, not 500."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    async def infer(self, model, inputs, deadline, version="", request_id=""):
-        raise ServerUnavailable(f"no pool named {self.name!r}")
+from inference.protocol.errors import ModelNotFound
 
 
 class Upstreams:
@@ -41,9 +31,8 @@ class Upstreams:
             return next(iter(self._models))
         raise ModelNotFound(f"no pool serves model {model!r}")
 
-    def client(self, pool: str):
-        found = self.pools.pools.get(pool)
-        return PoolClient(found) if found is not None else _MissingPool(pool)
+    def client(self, pool: str) -> PoolClient:
+        return PoolClient(self.pools, pool)
 
     async def infer_raw(
         self, model: str, method_path: str, request: bytes, deadline: float
