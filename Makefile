@@ -8,7 +8,7 @@ REPO ?= var/model-repository
 PYTEST_ARGS ?=
 PODS ?= 1
 
-.PHONY: install run test lint protos bench-pod bench-gateway bench-peers triton-venv clean
+.PHONY: install run test test-stress lint protos bench-pod bench-gateway bench-peers triton-venv clean
 
 $(STAMP): pyproject.toml setup.py $(wildcard protos/*/*/*.proto protos/*/*.proto)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ run: $(STAMP) $(REPO)/feed_user_tower/feed_assets.json
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests were selected"; exit 0; fi; exit $$rc
+
+# the tests marked `timing`, STRESS_RUNS times in a row with one core kept busy
+# (docs/testing.md): they must not depend on wall-clock luck
+STRESS_RUNS ?= 20
+test-stress: $(STAMP)
+	$(PY) -m tests.stress --runs $(STRESS_RUNS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

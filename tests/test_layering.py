@@ -10,6 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+# import-linter and a fresh interpreter run as child processes
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[1]
 LINT = [
     sys.executable,

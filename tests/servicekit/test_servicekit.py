@@ -39,6 +39,7 @@ def test_ready_file_round_trip_and_refusals(tmp_path):
         read_ready(path)
 
 
+@pytest.mark.integration
 def test_launch_reads_ports_from_the_ready_file_and_stop_drains():
     toy = launch(TOY, "toy")
     try:
@@ -50,11 +51,13 @@ def test_launch_reads_ports_from_the_ready_file_and_stop_drains():
     assert not toy.ready_file.exists()  # the launcher's temp folder is gone
 
 
+@pytest.mark.integration
 def test_launch_reports_a_service_that_cannot_start():
     with pytest.raises(LaunchError, match=r"exited with code 1.*cannot start: told to fail"):
         launch([*TOY, "--fail-start"], "toy")
 
 
+@pytest.mark.integration
 def test_signal_while_preparing_exits_cleanly():
     toy = launch([*TOY, "--slow-prepare", "30"], "toy", wait=False)
     toy.wait_ready(30, state="listening")
@@ -72,6 +75,7 @@ def test_restart_budget_is_a_sliding_window():
     assert budget.allow()
 
 
+@pytest.mark.integration
 def test_supervisor_restarts_a_dead_worker_then_gives_up_when_the_budget_is_spent():
     now = [0.0]
     exits = []
