@@ -7,6 +7,7 @@ import asyncio
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,6 +18,8 @@ from gateway.upstream import ModelClient
 from inference.protocol.errors import InvalidInput
 
 HEADS = ("p_finish", "p_like", "p_share", "watch")
+#: an item id as the models take it (INT64): a larger one is bad input, not a crash
+ItemId = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
 
 
 class FeedContextBody(BaseModel):
@@ -33,10 +36,10 @@ class FeedBody(BaseModel):
     user_id: str | int = Field(description="the user; unknown users get the cold-start pool")
     count: int = Field(20, ge=1, le=100, description="items wanted")
     context: FeedContextBody = Field(default_factory=FeedContextBody)
-    history: list[int] = Field(
+    history: list[ItemId] = Field(
         default_factory=list, max_length=1000, description="recent positives, newest last"
     )
-    seen: list[int] = Field(
+    seen: list[ItemId] = Field(
         default_factory=list, max_length=10_000, description="item ids not to show again"
     )
 

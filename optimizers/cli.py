@@ -66,7 +66,7 @@ def optimize_cmd(
         (report_dir / f"{model}.md").write_text(report.markdown(outcome.manifest))
     if outcome.version is None:
         typer.echo(
-            f"no pass kept parity: version {outcome.manifest['source_version']} stays served",
+            f"no pass was kept: version {outcome.manifest['source_version']} stays served",
             err=True,
         )
         raise typer.Exit(1)

@@ -8,6 +8,8 @@ random inputs shaped by its config."""
 
 from __future__ import annotations
 
+import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +26,8 @@ from optimizers.settings import ParitySettings
 Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 CHUNK = 1024
+#: what numpy raises on a missing, truncated or corrupt .npz/.npy file
+UNREADABLE = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
 
 
 @dataclass(frozen=True)
@@ -222,8 +226,10 @@ def judge_for(directory: Path, spec: ModelSpec, parity: ParitySettings, calibrat
     try:
         with np.load(path) as npz:
             data = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError) as exc:
-        raise OptimizeError(f"model '{spec.name}': cannot read {path}: {exc}") from None
+    except UNREADABLE as exc:
+        raise OptimizeError(
+            f"model '{spec.name}': cannot read {path}: {type(exc).__name__}: {exc}"
+        ) from None
     kind = str(data.pop("kind", "generic"))
     needed = {
         "ranker": [t.name for t in spec.inputs] + ["topk_user_ctx", "topk_history", "topk_items"],
@@ -241,8 +247,8 @@ def judge_for(directory: Path, spec: ModelSpec, parity: ParitySettings, calibrat
             return TowerJudge(spec, data, parity, items)
         if kind == "image":
             return ImageJudge(spec, data, parity, calibration_images)
-    except OSError as exc:
+    except UNREADABLE as exc:
         raise OptimizeError(
-            f"model '{spec.name}': cannot read its item embeddings: {exc}"
+            f"model '{spec.name}': cannot read its item embeddings: {type(exc).__name__}: {exc}"
         ) from None
     return Judge(spec, data, parity)

@@ -68,6 +68,25 @@ def _evaluate(judge: Judge, path: Path, threads: int, providers=()) -> Evaluatio
     return judge.evaluate(bench.runner(bench.session(path, threads, "disable", providers)))
 
 
+def speed_failures(
+    name: str, previous_ms: float, ms: float, batch: int, s: OptimizeSettings
+) -> list[str]:
+    """The speed gate, for a pass that holds parity: why it is rejected (empty: kept).
+
+    ``previous_ms`` is the median latency of the model as kept so far, ``ms`` the
+    candidate's, at ``batch``. A lossy pass must be ``lossy_min_speedup`` times faster;
+    any pass may be at most ``max_slowdown`` slower. ``max_slowdown=inf`` with
+    ``lossy_min_speedup=0`` turns the gate off (parity alone decides)."""
+    if name in LOSSY and previous_ms < s.lossy_min_speedup * ms:
+        return [
+            f"does not pay: {ms:.3g} ms vs {previous_ms:.3g} ms at batch {batch} "
+            f"(a lossy pass must be {s.lossy_min_speedup:g}x faster)"
+        ]
+    if ms > previous_ms * (1 + s.max_slowdown):
+        return [f"slower: {ms:.3g} ms vs {previous_ms:.3g} ms at batch {batch}"]
+    return []
+
+
 def _run_passes(target: ModelTarget, judge: Judge, s: OptimizeSettings, work: Path, step: Step):
     threads = s.benchmark.threads or bench.cores()
     reference = _evaluate(judge, target.path, threads)
@@ -120,17 +139,10 @@ def _run_passes(target: ModelTarget, judge: Judge, s: OptimizeSettings, work: Pa
             current_ms, ms = bench.compare(current_call, candidate, 1.0, 8)
             record.parity[f"latency_ms_batch_{batch}"] = ms
             record.parity[f"previous_latency_ms_batch_{batch}"] = current_ms
-            if name in LOSSY and current_ms / ms < s.lossy_min_speedup:
+            slow = speed_failures(name, current_ms, ms, batch, s)
+            if slow:
                 record.status = "rejected"
-                record.failures.append(
-                    f"does not pay: {ms:.3g} ms vs {current_ms:.3g} ms at batch {batch} "
-                    f"(a lossy pass must be {s.lossy_min_speedup:g}x faster)"
-                )
-            elif ms > current_ms * (1 + s.max_slowdown):
-                record.status = "rejected"
-                record.failures.append(
-                    f"slower: {ms:.3g} ms vs {current_ms:.3g} ms at batch {batch}"
-                )
+                record.failures.extend(slow)
             else:
                 current_call = candidate
         record.seconds = time.perf_counter() - start

@@ -71,13 +71,14 @@ class OptimizeSettings(BaseSettings):
         1.05,
         ge=0,
         description="a pass that changes numerics (int8) must make the model at least this "
-        "much faster at a serving batch size, or it is rejected",
+        "much faster at a serving batch size, or it is rejected (0: no bar)",
     )
     max_slowdown: float = Field(
         0.05,
         ge=0,
         description="a pass that holds parity is still rejected when it makes the model this "
-        "much slower (0.05: 5%) at a serving batch size",
+        "much slower (0.05: 5%) at a serving batch size (inf: no limit; with "
+        "lossy_min_speedup 0 the speed gate is off and parity alone decides)",
     )
     parity: ParitySettings = Field(default_factory=ParitySettings)
     quant: QuantSettings = Field(default_factory=QuantSettings)

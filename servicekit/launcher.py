@@ -122,9 +122,12 @@ class ServiceProcess:
         return "".join(fresh)
 
     # -- stopping -----------------------------------------------------------------------
-    def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM (the service drains), wait for the exit; its exit code."""
-        if self.proc.poll() is None:
+    def stop(self, timeout: float = 30.0, terminate: bool = True) -> int:
+        """SIGTERM (the service drains), wait for the exit; its exit code.
+        ``terminate=False`` only waits: for a caller that already sent SIGTERM (a
+        second one could reach the service after its drain removed its handlers, and
+        kill it)."""
+        if terminate and self.proc.poll() is None:
             self.proc.terminate()
         try:
             return self.proc.wait(timeout)

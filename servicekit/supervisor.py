@@ -120,7 +120,8 @@ class Supervisor:
         codes = []
         for worker in self.workers:
             try:
-                codes.append(worker.stop(self.stop_timeout_s))
+                # SIGTERM was sent above: one only (see ServiceProcess.stop)
+                codes.append(worker.stop(self.stop_timeout_s, terminate=False))
             except Exception:  # a worker that will not stop: kill it
                 log.exception("worker %d did not stop; killing it", worker.pid)
                 worker.proc.kill()

@@ -76,7 +76,9 @@ async def feed(request: web.Request) -> web.Response:
         body = _validate(FeedBody, await _body(request))
         answer = await _core(request).feed(body, call)
         response = web.Response(
-            body=answer.__pydantic_serializer__.to_json(answer), content_type="application/json"
+            body=answer.__pydantic_serializer__.to_json(answer),
+            content_type="application/json",
+            headers={"x-request-id": call.request_id},
         )
         if answer.experiment:
             response.headers["x-experiment"] = answer.experiment

@@ -27,6 +27,8 @@ from protos.kserve.v2 import grpc_service_pb2 as pb
 from servicekit.kserve_grpc import method_path
 
 T = TypeVar("T")
+#: longest wait for a removed endpoint's in-flight calls before its channel is closed
+RETIRE_GRACE_S = 30.0
 _READY = method_path("ServerReady")
 _READY_REQUEST = pb.ServerReadyRequest().SerializeToString()
 _CHANNEL_OPTIONS = [
@@ -70,6 +72,8 @@ class PoolDeps:
     budget_ratio: float
     budget_min_per_s: float
     hedge_after_s: float | None
+    #: builds an endpoint from its settings (a seam: tests pass endpoints without a channel)
+    make_endpoint: Callable[[EndpointSettings, EjectionPolicy], Endpoint] = Endpoint
 
 
 class Pool:
@@ -77,8 +81,9 @@ class Pool:
         self.name = name
         self.deps = deps
         self.budget = RetryBudget(deps.budget_ratio, deps.budget_min_per_s, deps.clock())
-        self.endpoints: list[Endpoint] = [Endpoint(e, deps.policy) for e in endpoints]
+        self.endpoints: list[Endpoint] = [deps.make_endpoint(e, deps.policy) for e in endpoints]
         self._closing: set[asyncio.Task] = set()
+        self._retiring: dict[Endpoint, asyncio.Event] = {}  # removed, calls still in flight
 
     def set_endpoints(self, endpoints: Iterable[EndpointSettings]) -> None:
         """Replace the endpoint set; kept endpoints keep their channel and state, removed
@@ -88,13 +93,29 @@ class Pool:
         kept = [current[a] for a in wanted if a in current and current[a].settings == wanted[a]]
         kept_addresses = {e.address for e in kept}
         added = [
-            Endpoint(s, self.deps.policy) for a, s in wanted.items() if a not in kept_addresses
+            self.deps.make_endpoint(s, self.deps.policy)
+            for a, s in wanted.items()
+            if a not in kept_addresses
         ]
         for gone in (e for e in self.endpoints if e not in kept):
-            task = asyncio.get_running_loop().create_task(gone.close(grace=30))
+            idle = self._retiring[gone] = asyncio.Event()
+            if gone.state.inflight <= 0:
+                idle.set()
+            task = asyncio.get_running_loop().create_task(self._retire(gone, idle))
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
         self.endpoints = kept + added
+
+    async def _retire(self, endpoint: Endpoint, idle: asyncio.Event) -> None:
+        """Close a removed endpoint once its in-flight calls have finished (at most
+        ``RETIRE_GRACE_S``; the channel's own grace covers calls outside ``call``)."""
+        try:
+            await asyncio.wait_for(idle.wait(), RETIRE_GRACE_S)
+        except TimeoutError:
+            pass
+        finally:
+            self._retiring.pop(endpoint, None)
+        await endpoint.close(grace=RETIRE_GRACE_S)
 
     def ready_endpoints(self) -> int:
         now = self.deps.clock()
@@ -200,6 +221,9 @@ class Pool:
             now = clock()
             if state.finished(ok, now):
                 self.deps.metrics.ejections.labels(self.name).inc()
+            idle = self._retiring.get(endpoint)
+            if idle is not None and state.inflight <= 0:
+                idle.set()
             self.deps.metrics.upstream_latency.labels(self.name, outcome).observe(now - start)
 
     async def close(self) -> None:

@@ -1,28 +1,46 @@
 """Failure and overload through the real gateway and pods: a pod killed mid-run,
-admission control under a burst, API keys and rate limits, A/B arms."""
+admission control under a burst, API keys and rate limits, loopback-only binding, A/B
+arms served by different ranker versions, two workers, and drain on SIGTERM.
+
+"In flight" and "slow upstream" are made on purpose with a gate in front of a pod
+(``tests/gateway/conftest.py``: it holds inference calls until opened), never by
+hoping that a request is still running when a signal arrives."""
 
 from __future__ import annotations
 
 import asyncio
 import io
+import shutil
 import signal
 import socket
+import tempfile
 import time
+from pathlib import Path
 
 import aiohttp
 import grpc
 import numpy as np
+import onnx
 import pytest
 import requests
+from onnx import helper, numpy_helper
 from PIL import Image
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from gateway.auth import hash_key
 from gateway.launch import gateway_config, start_gateway
 from inference.launch import start_pod
 from protos.tenfold.v1 import gateway_pb2 as pb
 from protos.tenfold.v1 import gateway_pb2_grpc as pb_grpc
+from tests.gateway.conftest import metric_total, pod_metrics, scrape
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+#: a deadline no test here should reach: these tests are about retries, admission and
+#: drain, not latency, so a loaded machine must not turn them into 504s
+PATIENT_MS = 120_000
+PATIENT_EFFECTS = {"cartoon": {"model": "effects_cartoon", "deadline_ms": PATIENT_MS}}
 
 
 def jpeg() -> bytes:
@@ -30,6 +48,18 @@ def jpeg() -> bytes:
     pixels = np.random.default_rng(1).integers(0, 255, (300, 300, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(out, format="JPEG")
     return out.getvalue()
+
+
+def wait_until(condition, what: str, timeout: float = 60.0, every: float = 0.05):
+    """Poll ``condition`` until it returns something true; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not {what} after {timeout} s")
+        time.sleep(every)
 
 
 async def feed_load(base: str, total: int, concurrency: int, on_progress) -> list[int]:
@@ -52,8 +82,11 @@ async def feed_load(base: str, total: int, concurrency: int, on_progress) -> lis
 
 
 def test_pod_killed_mid_run_loses_no_request(quick_repo):
+    # guards docs/gateway.md (Retries): "on connection failure, UNAVAILABLE or
+    # RESOURCE_EXHAUSTED from a pod, the call goes to another endpoint while time remains"
+    # and (Health): "an endpoint that is not ready takes no traffic, and /readyz ... follow"
     pods = [start_pod(quick_repo), start_pod(quick_repo)]
-    gateway = start_gateway(gateway_config(quick_repo, pods))
+    gateway = start_gateway(gateway_config(quick_repo, pods, feed={"deadline_ms": PATIENT_MS}))
     try:
         victim = pods[0]
 
@@ -64,23 +97,32 @@ def test_pod_killed_mid_run_loses_no_request(quick_repo):
         statuses = asyncio.run(feed_load(f"http://{gateway.http}", 400, 8, kill_at_100))
         assert victim.proc.poll() is not None  # it really died mid-run
         assert statuses.count(200) == 400, sorted(set(statuses))
-        metrics = requests.get(f"http://{gateway.http}/metrics", timeout=5).text
-        retries = [
-            float(line.rsplit(" ", 1)[1])
-            for line in metrics.splitlines()
-            if line.startswith("tenfold_gateway_upstream_retries_total")
-        ]
-        assert sum(retries) >= 1
-        time.sleep(1.5)  # the health check sees it gone
-        ready = requests.get(f"http://{gateway.http}/readyz", timeout=5).json()
-        assert ready["pools"]["default"] == 1
+        retries = metric_total(scrape(gateway.http), "tenfold_gateway_upstream_retries_total")
+        assert retries >= 1
+
+        def one_ready():  # the health check (every second) sees it gone
+            ready = requests.get(f"http://{gateway.http}/readyz", timeout=5).json()
+            return ready["pools"]["default"] == 1
+
+        wait_until(one_ready, "down to 1 ready endpoint", timeout=30)
     finally:
         gateway.stop()
         for pod in pods:
             pod.stop()
 
 
-async def effects_burst(gw, image: bytes, n: int):
+async def until_settled(tasks: list[asyncio.Task], held, total: int) -> None:
+    """Wait (at most a minute) until every request is answered or held at the gate."""
+    async with asyncio.timeout(60):
+        while sum(t.done() for t in tasks) + held() < total:
+            # wake on an answer, or look at the gate again in 20 ms
+            await asyncio.wait([t for t in tasks if not t.done()], timeout=0.02)
+
+
+async def effects_burst(gw, gate, image: bytes, n: int):
+    """``n`` effect requests at once over HTTP; (answered before the gate opened, all
+    answers as (status, Retry-After))."""
+    base = gate.calls
     async with aiohttp.ClientSession() as session:
 
         async def one():
@@ -92,10 +134,18 @@ async def effects_burst(gw, image: bytes, n: int):
                 await resp.read()
                 return resp.status, resp.headers.get("Retry-After")
 
-        return await asyncio.gather(*(one() for _ in range(n)))
+        tasks = [asyncio.create_task(one()) for _ in range(n)]
+        await until_settled(tasks, lambda: gate.calls - base, n)
+        early = [t.result() for t in tasks if t.done()]
+        gate.open()
+        try:
+            return early, await asyncio.gather(*tasks)
+        finally:
+            gate.close()
 
 
-async def effects_burst_grpc(gw, image: bytes, n: int):
+async def effects_burst_grpc(gw, gate, image: bytes, n: int):
+    base = gate.calls
     async with grpc.aio.insecure_channel(gw.grpc) as channel:
         stub = pb_grpc.EffectsStub(channel)
 
@@ -106,28 +156,83 @@ async def effects_burst_grpc(gw, image: bytes, n: int):
             except grpc.aio.AioRpcError as exc:
                 return exc.code(), dict(exc.trailing_metadata() or ()).get("retry-after")
 
-        return await asyncio.gather(*(one() for _ in range(n)))
+        tasks = [asyncio.create_task(one()) for _ in range(n)]
+        await until_settled(tasks, lambda: gate.calls - base, n)
+        early = [t.result() for t in tasks if t.done()]
+        gate.open()
+        try:
+            return early, await asyncio.gather(*tasks)
+        finally:
+            gate.close()
 
 
-def test_burst_is_shed_with_429_while_admitted_requests_succeed(make_gateway):
-    gw = make_gateway(max_inflight=2, max_queue=2, queue_timeout_ms=20)
-    image = jpeg()
-    results = asyncio.run(effects_burst(gw, image, 24))
-    statuses = [s for s, _ in results]
-    assert set(statuses) <= {200, 429}, statuses
-    assert 2 <= statuses.count(200) and statuses.count(429) >= 10
-    assert all(ra is not None and int(ra) >= 1 for s, ra in results if s == 429)
+def test_burst_is_shed_with_429_while_admitted_requests_succeed(quick_repo, gate):
+    # guards docs/gateway.md (Admission control): "at most max_inflight requests in
+    # flight; up to max_queue more wait at most queue_timeout_ms for a slot; the rest are
+    # answered at once with 429 + Retry-After / RESOURCE_EXHAUSTED"
+    inflight, queue, burst = 2, 2, 24
+    gw = start_gateway(
+        gateway_config(
+            quick_repo,
+            [gate],
+            max_inflight=inflight,
+            max_queue=queue,
+            queue_timeout_ms=20,
+            effects=PATIENT_EFFECTS,
+        )
+    )
+    try:
+        image = jpeg()
+        shed_name = "tenfold_gateway_shed_total"
+        shed_before = metric_total(scrape(gw.http), shed_name, route="effects", reason="admission")
+        # the admitted requests are held at the gate, so no slot frees during the burst:
+        # exactly max_inflight are admitted, the max_queue waiting ones time out, all
+        # the others are refused at once (no margin needed: nothing here depends on speed)
+        early, results = asyncio.run(effects_burst(gw, gate, image, burst))
+        assert [s for s, _ in early] == [429] * (burst - inflight), early
+        statuses = [s for s, _ in results]
+        assert sorted(statuses) == [200] * inflight + [429] * (burst - inflight), statuses
+        assert all(ra is not None and int(ra) >= 1 for s, ra in results if s == 429)
+        shed = metric_total(scrape(gw.http), shed_name, route="effects", reason="admission")
+        assert shed == shed_before + burst - inflight
 
-    answers = asyncio.run(effects_burst_grpc(gw, image, 24))
-    codes = [code for code, _ in answers]
-    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
-    # Retry-After travels over gRPC too, as trailing metadata, by the same rule as HTTP
-    shed_hints = [hint for code, hint in answers if code == grpc.StatusCode.RESOURCE_EXHAUSTED]
-    assert shed_hints and all(hint is not None and int(hint) >= 1 for hint in shed_hints)
-    assert codes.count(grpc.StatusCode.OK) >= 2
-    assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 10
-    shed = requests.get(f"http://{gw.http}/metrics", timeout=5).text
-    assert 'tenfold_gateway_shed_total{reason="admission",route="effects"}' in shed
+        early, answers = asyncio.run(effects_burst_grpc(gw, gate, image, burst))
+        exhausted = grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert [code for code, _ in early] == [exhausted] * (burst - inflight), early
+        codes = [code for code, _ in answers]
+        assert codes.count(grpc.StatusCode.OK) == inflight, codes
+        assert codes.count(exhausted) == burst - inflight, codes
+        # Retry-After travels over gRPC too, as trailing metadata, by the same rule as HTTP
+        hints = [hint for code, hint in answers if code == exhausted]
+        assert all(hint is not None and int(hint) >= 1 for hint in hints)
+        shed = metric_total(scrape(gw.http), shed_name, route="effects", reason="admission")
+        assert shed == shed_before + 2 * (burst - inflight)
+    finally:
+        gate.open()  # nothing stays held if the test failed half-way
+        gw.stop()
+
+
+LOOPBACK_NOTICE = "no API keys configured: listening on loopback only (127.0.0.1)"
+
+
+def reachable_off_loopback(port: int) -> bool:
+    """Whether ``port`` accepts a connection on 127.0.0.2: a socket bound to 127.0.0.1
+    does not, one bound to 0.0.0.0 does (all of 127/8 is the loopback interface)."""
+    try:
+        with socket.create_connection(("127.0.0.2", port), timeout=5):
+            return True
+    except ConnectionRefusedError:
+        return False
+
+
+def test_no_tenants_binds_loopback_only_and_says_so(make_gateway):
+    # guards docs/gateway.md (Auth): "With no tenants configured the gateway binds only
+    # to 127.0.0.1 and says so."
+    gw = make_gateway()
+    gw.wait_for(r"ready, pools")  # the notice comes before this line
+    assert LOOPBACK_NOTICE in gw.output()
+    assert not reachable_off_loopback(gw.http_port)
+    assert not reachable_off_loopback(gw.grpc_port)
 
 
 def test_api_keys_routes_and_rate_limits(make_gateway):
@@ -139,6 +244,7 @@ def test_api_keys_routes_and_rate_limits(make_gateway):
     )
     gw.wait_for(r"ready, pools")  # the notice would come before this line
     assert "loopback" not in gw.output()  # keys configured: no loopback-only notice
+    assert reachable_off_loopback(gw.http_port)  # and bound to the configured host
 
     def post(headers):
         return requests.post(
@@ -170,22 +276,95 @@ def test_api_keys_routes_and_rate_limits(make_gateway):
         assert len(ok.items) == 20
 
 
-def test_ab_arm_is_stable_per_user_and_carried(make_gateway):
-    gw = make_gateway(experiments=[{"name": "ranker_v1b", "percent": 50, "ranker_version": "1"}])
+#: version 2 of the ranker: version 1 with every head times this (same ranking order,
+#: different scores), so which version answered is visible
+V2_FACTOR = 2.0
 
-    def arm(user) -> str:
-        answer = requests.post(
-            f"http://{gw.http}/v1/feed", json={"user_id": user, "count": 5}, timeout=10
+
+def scaled_model(source: Path, target: Path, factor: float) -> None:
+    """``source`` with every graph output multiplied by ``factor``."""
+    model = onnx.load(source)
+    graph = model.graph
+    graph.initializer.append(numpy_helper.from_array(np.array(factor, np.float32), "v2_factor"))
+    for output in graph.output:
+        raw = f"{output.name}_unscaled"
+        for node in graph.node:
+            node.output[:] = [raw if o == output.name else o for o in node.output]
+            node.input[:] = [raw if i == output.name else i for i in node.input]
+        graph.node.append(helper.make_node("Mul", [raw, "v2_factor"], [output.name]))
+    onnx.checker.check_model(model)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, target)
+
+
+@pytest.fixture(scope="module")
+def two_ranker_versions(quick_repo, tmp_path_factory):
+    """The feed models of the quick build, with a ranker version 2 served next to 1."""
+    repo = tmp_path_factory.mktemp("ab-repo")
+    for name in ("feed_user_tower", "feed_ranker"):
+        shutil.copytree(quick_repo / name, repo / name)
+    ranker = repo / "feed_ranker"
+    scaled_model(ranker / "1" / "model.onnx", ranker / "2" / "model.onnx", V2_FACTOR)
+    config = ranker / "config.pbtxt"
+    config.write_text(config.read_text() + "version_policy { all { } }\n")
+    pod = start_pod(repo)
+    yield repo, pod
+    pod.stop()
+
+
+def ranker_calls(pod, version: str) -> float:
+    name = "tenfold_inference_request_success_total"
+    return metric_total(pod_metrics(pod), name, model="feed_ranker", version=version)
+
+
+def test_ab_variant_is_served_by_its_ranker_version(two_ranker_versions):
+    # guards docs/gateway.md (A/B): "experiments: [{name, percent, ranker_model?,
+    # ranker_version?}]. A stable hash (BLAKE2b) of the user id picks the arm ... The arm
+    # is in the answer (experiment ...), the x-experiment header and the metrics."
+    repo, pod = two_ranker_versions
+    gw = start_gateway(
+        gateway_config(
+            repo,
+            [pod],
+            feed={"ranker_version": "1"},
+            experiments=[{"name": "ranker_v2", "percent": 50, "ranker_version": "2"}],
         )
-        assert answer.headers["x-experiment"] == answer.json()["experiment"]
-        return answer.json()["experiment"]
+    )
+    try:
+        before = {v: ranker_calls(pod, v) for v in ("1", "2")}
 
-    first = {u: arm(u) for u in range(40)}
-    assert {u: arm(u) for u in range(40)} == first
-    assert set(first.values()) == {"ranker_v1b:variant", "ranker_v1b:control"}
-    assert 8 <= sum(v.endswith("variant") for v in first.values()) <= 32
-    metrics = requests.get(f"http://{gw.http}/metrics", timeout=5).text
-    assert 'arm="ranker_v1b:variant"' in metrics and 'arm="ranker_v1b:control"' in metrics
+        def ask(user) -> dict:
+            answer = requests.post(
+                f"http://{gw.http}/v1/feed", json={"user_id": user, "count": 5}, timeout=30
+            )
+            assert answer.status_code == 200, answer.text
+            doc = answer.json()
+            assert answer.headers["x-experiment"] == doc["experiment"]
+            return doc
+
+        first = {u: ask(u) for u in range(40)}
+        arms = {u: doc["experiment"] for u, doc in first.items()}
+        assert {u: ask(u)["experiment"] for u in range(40)} == arms  # stable per user
+        assert set(arms.values()) == {"ranker_v2:variant", "ranker_v2:control"}
+        variant = [u for u, arm in arms.items() if arm == "ranker_v2:variant"]
+        # 50 %: 20 of 40 expected; 8..32 is over 3.5 binomial standard deviations (3.2)
+        assert 8 <= len(variant) <= 32
+        # the variant's answers come from ranker version 2, the control's from version 1
+        for user, doc in first.items():
+            expected = "feed_ranker:2" if user in variant else "feed_ranker:1"
+            assert doc["model_version"] == expected, (user, doc["experiment"])
+        # and the pod ran version 2 exactly for the variant's requests (asked twice each)
+        assert ranker_calls(pod, "2") == before["2"] + 2 * len(variant)
+        assert ranker_calls(pod, "1") == before["1"] + 2 * (40 - len(variant))
+        metrics = scrape(gw.http)
+        for arm, users in (
+            ("ranker_v2:variant", len(variant)),
+            ("ranker_v2:control", 40 - len(variant)),
+        ):
+            name = "tenfold_gateway_requests_total"
+            assert metric_total(metrics, name, route="feed", code="200", arm=arm) == 2 * users
+    finally:
+        gw.stop()
 
 
 def worker_processes(pid: int) -> list[int]:
@@ -214,9 +393,66 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-async def slow_effects_then_sigterm(gw, n: int) -> list[int]:
+def worker_feed_answers(worker: int) -> float:
+    """Feed requests answered 200 by one worker: its own file of Prometheus's
+    multi-process directory (the one the supervisor gave it), read alone."""
+    environ = Path(f"/proc/{worker}/environ").read_bytes().split(b"\0")
+    prefix = b"PROMETHEUS_MULTIPROC_DIR="
+    directory = Path(next(e[len(prefix) :] for e in environ if e.startswith(prefix)).decode())
+    with tempfile.TemporaryDirectory() as alone:
+        source = directory / f"counter_{worker}.db"
+        if not source.exists():
+            return 0.0
+        shutil.copy(source, alone)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=alone)
+        text = generate_latest(registry).decode()
+    name = "tenfold_gateway_requests_total"
+    return metric_total(text, name, route="feed", code="200", arm="")
+
+
+def test_two_workers_both_serve_and_metrics_aggregate(quick_repo, pods):
+    # guards docs/gateway.md: "With --workers N a supervisor ... starts N worker processes
+    # that share both ports (SO_REUSEPORT) and /metrics aggregates all of them"
+    gw = start_gateway(
+        gateway_config(quick_repo, pods, workers=2), port=free_port(), grpc_port=free_port()
+    )
+    try:
+        assert gw.wait_for(r"workers=2", timeout=10)
+        workers = worker_processes(gw.proc.pid)
+        assert len(workers) == 2 and all(alive(w) for w in workers)
+        sent = 0
+        # a fresh connection each time: the kernel spreads them over the two listeners;
+        # stop as soon as both workers have answered (2 * 0.5 ** 30 odds of 30 misses)
+        while sent < 30 and not all(worker_feed_answers(w) for w in workers):
+            with requests.Session() as session:
+                answer = session.post(f"http://{gw.http}/v1/feed", json={"user_id": sent})
+                assert answer.status_code == 200
+            sent += 1
+        per_worker = [worker_feed_answers(w) for w in workers]
+        assert all(n >= 1 for n in per_worker), per_worker
+        assert sum(per_worker) == sent
+        merged = scrape(gw.http)  # whichever worker answers, the sum of both
+        name = "tenfold_gateway_requests_total"
+        assert metric_total(merged, name, route="feed", code="200", arm="") == sent
+    finally:
+        gw.stop()
+
+
+def refused(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            return False
+    except ConnectionRefusedError:
+        return True
+
+
+async def in_flight_then_sigterm(gw, gate, http_port: int, grpc_port: int, n: int):
+    """``n`` HTTP effect requests and one gRPC call held at the gate; SIGTERM; wait until
+    both ports refuse new connections; open the gate; the answers."""
     image = jpeg()
-    async with aiohttp.ClientSession() as session:
+    base = gate.calls
+    async with aiohttp.ClientSession() as session, grpc.aio.insecure_channel(gw.grpc) as channel:
 
         async def one() -> int:
             async with session.post(
@@ -227,34 +463,43 @@ async def slow_effects_then_sigterm(gw, n: int) -> list[int]:
                 await resp.read()
                 return resp.status
 
+        async def one_grpc() -> grpc.StatusCode:
+            stub = pb_grpc.EffectsStub(channel)
+            try:
+                await stub.Apply(pb.ApplyEffectRequest(effect="cartoon", image=image), timeout=120)
+                return grpc.StatusCode.OK
+            except grpc.aio.AioRpcError as exc:
+                return exc.code()
+
         tasks = [asyncio.create_task(one()) for _ in range(n)]
-        await asyncio.sleep(0.15)
+        grpc_task = asyncio.create_task(one_grpc())
+        await asyncio.to_thread(gate.wait_calls, base + n + 1)  # all in flight, held
+        assert not any(t.done() for t in [*tasks, grpc_task])
         gw.proc.send_signal(signal.SIGTERM)
-        return await asyncio.gather(*tasks)
+        for port in (http_port, grpc_port):
+            await asyncio.to_thread(wait_until, lambda p=port: refused(p), f"{port} refusing", 30)
+        # still held, still open
+        assert not any(t.done() for t in [*tasks, grpc_task]), gw.output()
+        gate.open()
+        return await asyncio.gather(*tasks), await grpc_task
 
 
-def test_two_workers_share_the_ports_aggregate_metrics_and_drain(quick_repo, pods):
-    gw = start_gateway(
-        gateway_config(quick_repo, pods, workers=2), port=free_port(), grpc_port=free_port()
+def test_sigterm_refuses_new_connections_and_drains_in_flight(quick_repo, gate):
+    # guards docs/gateway.md: "SIGTERM/SIGINT drains every worker" (server.py: "not
+    # ready, stop accepting, let in-flight requests finish")
+    http_port, grpc_port = free_port(), free_port()
+    config = gateway_config(
+        quick_repo, [gate], workers=2, drain_timeout_s=120, effects=PATIENT_EFFECTS
     )
+    gw = start_gateway(config, port=http_port, grpc_port=grpc_port)
     try:
         assert gw.wait_for(r"workers=2", timeout=10)
         workers = worker_processes(gw.proc.pid)
-        assert len(workers) == 2 and all(alive(w) for w in workers)
-        for i in range(20):  # a fresh connection each time: the kernel spreads them
-            with requests.Session() as session:
-                answer = session.post(f"http://{gw.http}/v1/feed", json={"user_id": i})
-                assert answer.status_code == 200
-        text = requests.get(f"http://{gw.http}/metrics", timeout=5).text
-        served = sum(
-            float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith('tenfold_gateway_requests_total{arm="",code="200",route="feed"}')
-        )
-        assert served == 20  # every worker's count, merged
-        statuses = asyncio.run(slow_effects_then_sigterm(gw, 6))
+        statuses, grpc_code = asyncio.run(in_flight_then_sigterm(gw, gate, http_port, grpc_port, 6))
         assert statuses == [200] * 6  # in flight at SIGTERM: all finished
-        assert gw.proc.wait(30) == 0
+        assert grpc_code == grpc.StatusCode.OK
+        assert gw.proc.wait(60) == 0, gw.output()
         assert not any(alive(w) for w in workers)
     finally:
+        gate.open()  # nothing stays held if the test failed half-way
         gw.stop()

@@ -1,5 +1,6 @@
 """Pool.call with scripted attempts: retries go to another endpoint within the budget,
-hedges race, deadlines stop sending, faults eject."""
+hedges race, deadlines stop sending, faults eject; ``PoolRegistry.update`` retires
+removed endpoints after their in-flight calls (fake endpoints: no channel, no socket)."""
 
 from __future__ import annotations
 
@@ -11,15 +12,15 @@ import pytest
 
 from gateway.metrics import GatewayMetrics
 from gateway.settings import EndpointSettings
-from gateway.upstream.balancer import EjectionPolicy
+from gateway.upstream.balancer import EjectionPolicy, EndpointState
 from gateway.upstream.errors import UpstreamError
-from gateway.upstream.pools import Pool, PoolDeps
+from gateway.upstream.pools import Pool, PoolDeps, PoolRegistry
 from inference.protocol.errors import DeadlineExceeded, InvalidInput, ServerUnavailable
 
 
-def make_pool(n=3, ratio=0.2, floor=0.0, hedge=None, after_failures=3) -> Pool:
+def make_pool(n=3, ratio=0.2, floor=0.0, hedge=None, after_failures=3, metrics=None) -> Pool:
     deps = PoolDeps(
-        metrics=GatewayMetrics(),
+        metrics=metrics or GatewayMetrics(),
         clock=time.monotonic,
         rng=random.Random(0),
         policy=EjectionPolicy(after_failures, 5.0, 30.0),
@@ -88,17 +89,29 @@ async def test_expired_deadline_sends_nothing():
 
 
 async def test_hedge_races_a_slow_endpoint():
-    pool = make_pool(n=2, floor=10, hedge=0.02)
+    metrics = GatewayMetrics()
+    pool = make_pool(n=2, floor=10, hedge=0.02, metrics=metrics)
     slow = pool.endpoints[0].address
     pool.endpoints[1].state.inflight = 5  # P2C picks the slow one first
+    never = asyncio.Event()  # the slow endpoint never answers: only a hedge can win
+    cancelled = []
 
     async def attempt(endpoint, timeout_s):
-        await asyncio.sleep(1.0 if endpoint.address == slow else 0.01)
+        if endpoint.address == slow:
+            try:
+                await never.wait()
+            except asyncio.CancelledError:
+                cancelled.append(endpoint.address)
+                raise
         return endpoint.address
 
-    start = time.monotonic()
-    winner = await pool.call(attempt, time.monotonic() + 2)
-    assert winner != slow and time.monotonic() - start < 0.5
+    winner = await asyncio.wait_for(pool.call(attempt, time.monotonic() + 60), 30)
+    assert winner != slow
+    assert cancelled == [slow]  # the losing copy is cancelled, not left running
+    hedges = metrics.registry.get_sample_value(
+        "tenfold_gateway_upstream_retries_total", {"pool": "p", "kind": "hedge"}
+    )
+    assert hedges == 1
 
 
 async def test_repeated_faults_eject_the_endpoint():
@@ -129,3 +142,93 @@ async def test_set_endpoints_keeps_existing_state():
     assert pool.endpoints[0] is first and first.state.inflight == 3
     assert [e.address for e in pool.endpoints] == [first.address, "127.0.0.1:99"]
     await pool.close()
+
+
+# --- PoolRegistry.update: removed endpoints close after their in-flight calls ---------
+
+
+class FakeEndpoint:
+    """An endpoint without a channel: records when it is closed."""
+
+    def __init__(self, settings: EndpointSettings, policy: EjectionPolicy, events: list) -> None:
+        self.settings = settings
+        self.state = EndpointState(settings.grpc, policy)
+        self.events = events
+        self.closed = asyncio.Event()
+
+    @property
+    def address(self) -> str:
+        return self.settings.grpc
+
+    async def close(self, grace: float | None = None) -> None:
+        self.events.append(("closed", self.address))
+        self.closed.set()
+
+
+def fake_pool(addresses: list[str], events: list) -> Pool:
+    deps = PoolDeps(
+        metrics=GatewayMetrics(),
+        clock=time.monotonic,
+        rng=random.Random(0),
+        policy=EjectionPolicy(3, 5.0, 30.0),
+        budget_ratio=0.2,
+        budget_min_per_s=10,
+        hedge_after_s=None,
+        make_endpoint=lambda settings, policy: FakeEndpoint(settings, policy, events),
+    )
+    return Pool("p", [EndpointSettings(grpc=a) for a in addresses], deps)
+
+
+async def settle(rounds: int = 20) -> None:
+    """Let every ready task run (a close scheduled without waiting would run here)."""
+    for _ in range(rounds):
+        await asyncio.sleep(0)
+
+
+async def test_update_closes_a_removed_endpoint_only_after_its_call_in_flight():
+    # guards docs/gateway.md (Pools): "`Upstream.update(pool, endpoints)` ... kept
+    # endpoints keep their channel; removed ones close after their in-flight calls"
+    events: list = []
+    registry = PoolRegistry({"p": fake_pool(["old:1"], events)})
+    release = asyncio.Event()
+    arrived = asyncio.Event()
+
+    async def attempt(endpoint, timeout_s):
+        if endpoint.address == "old:1" and not arrived.is_set():  # the first call: held
+            arrived.set()
+            await release.wait()
+        events.append(("answered", endpoint.address))
+        return endpoint.address
+
+    in_flight = asyncio.create_task(registry.get("p").call(attempt, time.monotonic() + 60))
+    await asyncio.wait_for(arrived.wait(), 10)
+    old = registry.get("p").endpoints[0]
+
+    registry.update("p", [EndpointSettings(grpc="new:1")])
+    await settle()
+    assert not old.closed.is_set(), "closed with a call still in flight"
+    # new calls go only to the new endpoint, while the old one still has its call
+    answers = [await registry.get("p").call(attempt, time.monotonic() + 60) for _ in range(5)]
+    assert answers == ["new:1"] * 5
+    assert not in_flight.done()
+
+    release.set()
+    assert await asyncio.wait_for(in_flight, 10) == "old:1"  # the call in flight completes
+    await asyncio.wait_for(old.closed.wait(), 10)  # ... and then the endpoint closes
+    assert events.index(("answered", "old:1")) < events.index(("closed", "old:1"))
+    assert ("closed", "new:1") not in events
+    # nor after it finished (P2C on in-flight alone would have avoided it before)
+    answers = [await registry.get("p").call(attempt, time.monotonic() + 60) for _ in range(20)]
+    assert answers == ["new:1"] * 20
+    await registry.close()
+
+
+async def test_update_closes_an_idle_removed_endpoint_and_keeps_the_others():
+    events: list = []
+    registry = PoolRegistry({"p": fake_pool(["a:1", "b:1"], events)})
+    a, b = registry.get("p").endpoints
+    registry.update("p", [b.settings, EndpointSettings(grpc="c:1")])
+    await asyncio.wait_for(a.closed.wait(), 10)  # nothing in flight: closed at once
+    assert registry.get("p").endpoints[0] is b and not b.closed.is_set()
+    assert [e.address for e in registry.get("p").endpoints] == ["b:1", "c:1"]
+    await registry.close()

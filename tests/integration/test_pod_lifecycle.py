@@ -17,7 +17,8 @@ import tritonclient.grpc.aio as tgrpc_aio
 
 from inference.examples import mlp
 from inference.launch import start_pod
-from inference.protocol.kserve_pb import infer_request
+from inference.protocol.kserve_pb import infer_outputs, infer_request
+from protos.kserve.v2 import grpc_service_pb2 as pb
 from servicekit.kserve_grpc import MODEL_INFER
 from tests.models import scale, write_model
 
@@ -36,9 +37,14 @@ def _metric(pod, name: str, **labels) -> float:
     raise AssertionError(f"{name} {labels} not in metrics")
 
 
+def _row(value: float) -> list[float]:
+    """Request ``value``'s row: two different numbers, distinct for every request."""
+    return [value, value + 0.25]
+
+
 def _post_scale(port: int, value: float, results: list, index: int) -> None:
     body = json.dumps(
-        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [value, value]}]}
+        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": _row(value)}]}
     ).encode()
     try:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -66,10 +72,15 @@ def _fire(port: int, count: int) -> tuple[list, list[threading.Thread]]:
     return results, threads
 
 
+#: the least mean batch size (rows) 48 concurrent one-row requests must reach
+MIN_MEAN_ROWS = 4
+
+
 async def test_concurrent_requests_form_batches_and_get_their_own_rows(pod, standard_repo):
     rng = np.random.default_rng(3)
     rows = rng.standard_normal((48, 64)).astype(np.float32)
     before = _metric(pod, "tenfold_inference_batch_size_rows_count", model="mlp")
+    rows_before = _metric(pod, "tenfold_inference_batch_size_rows_sum", model="mlp")
     client = tgrpc_aio.InferenceServerClient(pod.grpc)
 
     async def one(row):
@@ -85,7 +96,15 @@ async def test_concurrent_requests_form_batches_and_get_their_own_rows(pod, stan
     expected = session.run(None, {"features": rows})[0]
     np.testing.assert_allclose(np.concatenate(outputs), expected, rtol=1e-5, atol=1e-6)
     batches = _metric(pod, "tenfold_inference_batch_size_rows_count", model="mlp") - before
-    assert 1 <= batches < 48, f"48 concurrent requests ran as {batches} batches"
+    rows_run = _metric(pod, "tenfold_inference_batch_size_rows_sum", model="mlp") - rows_before
+    assert rows_run == 48  # every row ran exactly once
+    # mlp: max_batch_size 64, max_queue_delay 20 ms, one instance. 48 concurrent rows fit
+    # one batch; a batch waits 20 ms for more rows and while it computes the next ones
+    # queue, so a pod that merges runs them in a handful. The bar is a mean of at least
+    # MIN_MEAN_ROWS rows per batch (12 batches; a pod that does not merge runs 48, one
+    # that merges only pairs 24): the 4x margin over "a few" absorbs a slow client.
+    print(f"48 concurrent requests ran as {batches:.0f} batches")
+    assert batches <= 48 / MIN_MEAN_ROWS, f"48 concurrent requests ran as {batches} batches"
 
 
 OVERLOAD_CONFIG = """
@@ -120,9 +139,10 @@ def test_overload_rejects_excess_at_once(slow_queue_repo):
         assert all("queue is full" in r[1]["error"] and r[2] == "1" for r in shed)
         # every shed request came back before any admitted one (which waited for the delay)
         assert max(r[3] for r in shed) < min(r[3] for r in ok)
-        for _, body, _, _ in ok:
-            value = body["outputs"][0]["data"]
-            assert value[0] == value[1]
+        # each admitted request (they ran as one batch) got its own row, doubled
+        for index, (status, body, _, _) in enumerate(results):
+            if status == 200:
+                assert body["outputs"][0]["data"] == [2.0 * v for v in _row(index)], index
         assert (
             _metric(
                 pod, "tenfold_inference_request_failure_total", model="scale", reason="Overloaded"
@@ -143,15 +163,105 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(slow_queue_repo):
     pod.proc.send_signal(signal.SIGTERM)
     assert pod.wait_for("draining", timeout=10)
     late: list = [None]
-    time.sleep(0.2)
     _post_scale(pod.http_port, 9.0, late, 0)
     for thread in threads:
         thread.join(30)
     assert pod.proc.wait(30) == 0
     assert [r[0] for r in results] == [200] * 4, results
     for index, (_, body, _, _) in enumerate(results):
-        assert body["outputs"][0]["data"] == [2.0 * index, 2.0 * index]
+        assert body["outputs"][0]["data"] == [2.0 * v for v in _row(index)]
     assert late[0][0] in ("refused", 503), late
+
+
+async def _grpc_call(channel, values: list[float]):
+    """(code, details, retry-after metadata, output row) of one ModelInfer of ``scale``."""
+    request = infer_request("scale", {"x": np.array([values], np.float32)})
+    call = channel.unary_unary(
+        MODEL_INFER,
+        request_serializer=pb.ModelInferRequest.SerializeToString,
+        response_deserializer=pb.ModelInferResponse.FromString,
+    )
+    try:
+        response = await call(request, timeout=30)
+    except grpc.aio.AioRpcError as exc:
+        metadata = dict(exc.trailing_metadata() or ())
+        return exc.code(), exc.details(), metadata.get("retry-after"), None
+    return grpc.StatusCode.OK, "", None, infer_outputs(response)["y"][0].tolist()
+
+
+async def _fill_queue(pod, channel) -> list[asyncio.Task]:
+    """Four gRPC requests queued in ``scale`` (max_queue_size 4, 1.5 s batching delay):
+    the queue is full, and stays full until the delay is over."""
+    admitted = [asyncio.create_task(_grpc_call(channel, _row(i))) for i in range(4)]
+    deadline = time.monotonic() + 30
+    while (
+        await asyncio.to_thread(_metric, pod, "tenfold_inference_pending_requests", model="scale")
+        < 4
+    ):
+        assert time.monotonic() < deadline, "the requests never queued"
+        await asyncio.sleep(0.02)
+    return admitted
+
+
+async def _check_admitted(admitted: list[asyncio.Task]) -> None:
+    for index, (code, details, _, row) in enumerate(await asyncio.gather(*admitted)):
+        assert code == grpc.StatusCode.OK, (code, details)
+        assert row == [2.0 * v for v in _row(index)]  # its own row, doubled
+
+
+# guards README.md, the pod's error table: "overload: queue full, or timed out in the
+# queue | 503 + `Retry-After` | RESOURCE_EXHAUSTED", and why: "Overload uses
+# RESOURCE_EXHAUSTED over gRPC [...] so a gateway can tell "this pod is full" from "this
+# pod is gone" (UNAVAILABLE) when it decides on retries." (UNAVAILABLE for a broken
+# model: test_broken_model_reported_not_ready_when_lenient; for draining: below)
+async def test_a_full_queue_is_resource_exhausted_over_grpc_and_503_over_http(slow_queue_repo):
+    pod = await asyncio.to_thread(start_pod, slow_queue_repo)
+    try:
+        async with grpc.aio.insecure_channel(pod.grpc) as channel:
+            admitted = await _fill_queue(pod, channel)
+            code, details, retry_after, _ = await _grpc_call(channel, _row(8))
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, (code, details)
+            assert "queue is full" in details and retry_after == "1"
+            full: list = [None]
+            await asyncio.to_thread(_post_scale, pod.http_port, 9.0, full, 0)
+            status, body, header, _ = full[0]
+            assert status == 503 and header == "1" and "queue is full" in body["error"]
+            await _check_admitted(admitted)
+    finally:
+        assert await asyncio.to_thread(pod.stop) == 0
+
+
+# guards README.md, the pod's error table: "pod draining, model not ready or broken |
+# 503 + `Retry-After` | UNAVAILABLE", and Lifecycle: "On SIGTERM or SIGINT: ready turns
+# false, the listeners stop accepting, new requests on open connections get
+# 503/UNAVAILABLE, in-flight requests finish"; docs/gateway.md retries "on connection
+# failure, UNAVAILABLE or RESOURCE_EXHAUSTED from a pod" (not on CANCELLED).
+DRAIN_CANCELLED = (
+    "product bug: InferenceServer.drain stops the gRPC server (stop(grace)) at once, so "
+    "grpc core often answers a new call on an open channel CANCELLED, which the gateway "
+    "does not retry, instead of the dataplane's UNAVAILABLE"
+)
+
+
+async def test_a_draining_pod_answers_new_grpc_calls_unavailable(slow_queue_repo):
+    pod = await asyncio.to_thread(start_pod, slow_queue_repo)
+    try:
+        async with grpc.aio.insecure_channel(pod.grpc) as channel:
+            admitted = await _fill_queue(pod, channel)  # keeps the pod draining ~1.5 s
+            pod.proc.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(pod.wait_for, "draining", 10)
+            code, details, retry_after, _ = await _grpc_call(channel, _row(10))
+            print(f"draining pod answered {code.name} {details!r} retry-after={retry_after}")
+            await _check_admitted(admitted)
+        assert await asyncio.to_thread(pod.proc.wait, 30) == 0
+    finally:
+        await asyncio.to_thread(pod.stop)
+    if code == grpc.StatusCode.CANCELLED:  # a known product bug, not yet fixed: see above
+        pytest.xfail(DRAIN_CANCELLED)
+    assert code == grpc.StatusCode.UNAVAILABLE, (code, details)
+    # the dataplane's answer carries the hint; grpc core's own UNAVAILABLE (the listener
+    # already closing) carries none: both tell the gateway to retry elsewhere
+    assert retry_after in ("1", None), retry_after
 
 
 def _broken_repo(root):

@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 WIDE = {"COLUMNS": "200", "TERM": "dumb", "NO_COLOR": "1"}
 
 
+@pytest.mark.integration  # runs the `tenfold` command in a child process
 def test_bench_lists_pod_gateway_and_peers():
     done = subprocess.run(
         [sys.executable, "-m", "tenfold", "loadtest", "bench", "--help"],

@@ -10,23 +10,44 @@ import pytest
 from inference.repository.model import read_model
 from loadtest.bench_peers import check_parity, limit, naive_torch, sample, workloads
 from loadtest.peers import triton
+from tests.models import scale, write_model
 
 ROOT = Path(__file__).resolve().parents[2]
 TRITON_VENV = ROOT / ".venv-triton"
 
 
-def test_triton_repository_mirrors_the_pods_config(quick_repo, tmp_path):
-    out = triton.model_repository(quick_repo, ["feed_ranker", "effects_cartoon"], tmp_path)
-    for name in ("feed_ranker", "effects_cartoon"):
-        ours, theirs = read_model(quick_repo / name).config, read_model(out / name).config
+#: a model configured with everything Triton must mirror: instances, threads, batching
+MIRRORED = """
+name: "m"
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+input [ { name: "x" data_type: TYPE_FP32 dims: [ 2 ] } ]
+output [ { name: "y" data_type: TYPE_FP32 dims: [ 2 ] } ]
+instance_group [ { count: 2 kind: KIND_CPU } ]
+dynamic_batching { preferred_batch_size: [ 4, 8 ] max_queue_delay_microseconds: 3000 }
+parameters { key: "intra_op_thread_count" value: { string_value: "1" } }
+"""
+
+
+def test_triton_repository_mirrors_the_pods_config(tmp_path):
+    # a small repository (onnx.helper, no build): a unit test, it starts nothing
+    source = tmp_path / "repo"
+    write_model(source, "m", scale(2.0), MIRRORED)
+    out = triton.model_repository(source, ["m"], tmp_path / "triton")
+    for name in ("m",):
+        ours, theirs = read_model(source / name).config, read_model(out / name).config
         assert theirs.backend == "python" and not theirs.platform
         assert theirs.dynamic_batching == ours.dynamic_batching
         assert list(theirs.instance_group) == list(ours.instance_group)
         assert theirs.max_batch_size == ours.max_batch_size
         assert list(theirs.input) == list(ours.input) and list(theirs.output) == list(ours.output)
         onnx = Path(theirs.parameters["onnx_path"].string_value)
-        assert onnx.is_file() and onnx.parent.parent == (quick_repo / name).resolve()
+        assert onnx.is_file() and onnx.parent.parent == (source / name).resolve()
         assert (out / name / "1" / "model.py").is_file()
+    mirrored = read_model(out / "m").config
+    assert [g.count for g in mirrored.instance_group] == [2]
+    assert list(mirrored.dynamic_batching.preferred_batch_size) == [4, 8]
+    assert mirrored.dynamic_batching.max_queue_delay_microseconds == 3000
 
 
 def reference(repo: Path, work) -> tuple[dict, dict]:

@@ -4,14 +4,13 @@ exports ONNX that matches PyTorch, and the inference pod serves it (tritonclient
 from __future__ import annotations
 
 import numpy as np
+import onnxruntime as ort
 import pytest
+import torch  # the torch extra: missing in CI must fail, not skip
+import tritonclient.grpc as tgrpc
 
-torch = pytest.importorskip("torch", reason="the default models need the torch extra")
-
-import tritonclient.grpc as tgrpc  # noqa: E402
-
-from inference.launch import start_pod  # noqa: E402
-from tests.triton import grpc_infer  # noqa: E402
+from inference.launch import start_pod
+from tests.triton import grpc_infer
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -21,36 +20,83 @@ def built(quick_build):
     return quick_build
 
 
+# Bars near what the quick build (seed 7) reaches, with a stated margin. Measured twice
+# (torch at 2 threads and at 1): the figures moved by at most 0.0006 AUC, 0 recall and
+# 0.07 dB, so each margin is many times the run-to-run variation, and an under-trained
+# model (half the epochs or steps) misses at least one bar.
+
+#: AUC per head, measured 0.722, 0.760, 0.744, 0.757: each bar 0.01 below (one epoch
+#: instead of two loses 0.009 .. 0.015, and p_share, at 0.729, fails)
+RANKER_MIN_AUC = {"p_finish": 0.71, "p_like": 0.75, "p_share": 0.73, "watch": 0.745}
+
+
 def test_ranker_beats_popularity_on_every_head(built):
     _, result = built
+    assert set(result.report["ranker"]) == set(RANKER_MIN_AUC)
     for head, figures in result.report["ranker"].items():
-        assert figures["auc"] > figures["popularity_auc"] + 0.1, (head, figures)
-        assert figures["auc"] > 0.65, (head, figures)
+        assert figures["auc"] >= RANKER_MIN_AUC[head], (head, figures)
+        # popularity is below chance here (0.457 .. 0.493), so the bar over it is wide:
+        # measured gap 0.249 .. 0.303, bar 0.20, margin 0.05
+        assert figures["auc"] >= figures["popularity_auc"] + 0.20, (head, figures)
 
 
 def test_recall_beats_the_popularity_pool(built):
     _, result = built
     recall = result.report["recall"]
-    assert recall["recall_at_100"] > 2 * recall["popularity_pool_recall_at_100"], recall
+    # measured recall@100 0.271 against the pool's 0.0457 (5.9x): bars 0.25 (margin
+    # 0.02; one epoch instead of five reaches 0.244 and fails) and 5x the pool (0.9x)
+    assert recall["recall_at_100"] >= 0.25, recall
+    assert recall["recall_at_100"] >= 5 * recall["popularity_pool_recall_at_100"], recall
 
 
 def test_effects_cnn_learned_the_effect(built):
     out, result = built
     for photo, figures in result.report["effects"].items():
         # on photos it never saw, the CNN's output is nearer the hand-written effect
-        # than the photo itself is
-        assert figures["psnr_db"] > figures["input_psnr_db"] + 0.5, (photo, figures)
+        # than the photo itself is: measured gain 1.73 .. 2.22 dB (cat, coffee), bar
+        # 1.2 dB (margin 0.5 dB; a near-identity network gains ~0 dB, half the training
+        # steps 0.75 .. 1.04 dB)
+        assert figures["psnr_db"] >= figures["input_psnr_db"] + 1.2, (photo, figures)
+        # measured 17.05 .. 17.46 dB and SSIM 0.414 .. 0.470: bars 16.5 dB, 0.37
+        assert figures["psnr_db"] >= 16.5, (photo, figures)
+        assert figures["ssim"] >= 0.37, (photo, figures)
     assert (out / "effects_cartoon" / "before_after.png").stat().st_size > 10_000
 
 
-def test_parity_recorded_and_tight(built):
-    _, result = built
+def _validation_inputs(model_dir, input_names) -> dict[str, np.ndarray]:
+    with np.load(model_dir / "validation.npz") as v:
+        if str(v["kind"]) == "image":
+            return {input_names[0]: v["held_out"].astype(np.float32) / 255.0}
+        return {name: v[name][:256] for name in input_names}
+
+
+def test_saved_pytorch_module_matches_the_onnx_export(built):
+    """What ``tenfold optimize`` compares against (``pytorch/model.pt``, ``validation.npz``)
+    agrees with the exported ONNX, checked here with ONNX Runtime and torch directly, not
+    with the build's own parity code (which stops the build above 1e-4)."""
+    out, result = built
     assert set(result.report["parity_max_abs_diff"]) == {
         "feed_user_tower",
         "feed_ranker",
         "effects_cartoon",
     }
-    assert max(result.report["parity_max_abs_diff"].values()) <= 1e-4
+    for model in ("feed_user_tower", "feed_ranker", "effects_cartoon"):
+        sess = ort.InferenceSession(
+            str(out / model / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+        )
+        names = [i.name for i in sess.get_inputs()]
+        feeds = _validation_inputs(out / model, names)
+        got = sess.run(None, feeds)
+        module = torch.load(out / model / "pytorch" / "model.pt", weights_only=False).eval()
+        with torch.inference_mode():
+            want = module(*(torch.from_numpy(feeds[n]) for n in names))
+        if isinstance(want, torch.Tensor):
+            want = (want,)
+        assert len(got) == len(want), model
+        for o, g, w in zip(sess.get_outputs(), got, want, strict=True):
+            # the build measures 1.2e-7 .. 8.3e-7: 1e-5 leaves a 12x margin and is 10x
+            # tighter than the build's own limit
+            np.testing.assert_allclose(g, w.numpy(), atol=1e-5, err_msg=f"{model}.{o.name}")
 
 
 def test_assets_have_the_documented_format(built):

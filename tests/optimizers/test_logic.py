@@ -12,6 +12,7 @@ from inference.repository.errors import RepositoryError
 from inference.repository.loader import load_model
 from inference.runtime.onnx_model import SessionSettings
 from optimizers.judges import Evaluation, ImageJudge, RankerJudge, TowerJudge
+from optimizers.pipeline import speed_failures
 from optimizers.quality import auc
 from optimizers.settings import OptimizeSettings, ParitySettings
 from optimizers.tune import Tuning, tuned_config
@@ -83,6 +84,31 @@ def test_image_verdict_is_psnr_of_the_worst_image():
     ] == pytest.approx(40.0, abs=0.01)
     verdict = judge.verdict(Evaluation({"y": ref}), Evaluation({"y": far}))
     assert not verdict.ok and "PSNR 30.5 dB < 35 dB" in verdict.failures[0]
+
+
+# guards docs/optimizers.md: "A pass that holds parity is still rejected when it is slower
+# at a serving batch size ... by more than `max_slowdown` (5%), and a lossy pass (`int8`,
+# `fp16`) must be at least `lossy_min_speedup` (1.05x) faster"
+def test_speed_gate_on_given_timings():
+    s = OptimizeSettings()  # max_slowdown 0.05, lossy_min_speedup 1.05
+    # a lossless pass: up to 5% slower is kept, more is rejected
+    assert speed_failures("cleanup", 10.0, 10.4, 128, s) == []
+    assert speed_failures("ort", 10.0, 8.0, 128, s) == []
+    assert speed_failures("ort", 10.0, 10.6, 128, s) == ["slower: 10.6 ms vs 10 ms at batch 128"]
+    # a lossy pass must pay: 1.05x faster or more
+    assert speed_failures("int8", 10.0, 9.5, 4, s) == []  # 1.053x
+    (failure,) = speed_failures("int8", 10.0, 9.6, 4, s)  # 1.042x
+    assert failure.startswith("does not pay: 9.6 ms vs 10 ms at batch 4")
+    assert "1.05x faster" in failure
+    assert speed_failures("fp16", 10.0, 12.0, 4, s)[0].startswith("does not pay")
+    # the bars are settings; inf and 0 turn the gate off
+    loose = OptimizeSettings(max_slowdown=0.5, lossy_min_speedup=1.0)
+    assert speed_failures("cleanup", 10.0, 14.0, 128, loose) == []
+    assert speed_failures("int8", 10.0, 10.0, 128, loose) == []
+    off = OptimizeSettings(max_slowdown=float("inf"), lossy_min_speedup=0)
+    assert speed_failures("cleanup", 1.0, 1e9, 128, off) == []
+    assert speed_failures("int8", 1.0, 1e9, 128, off) == []
+    assert speed_failures("cleanup", 0.0, 1.0, 128, off) == []
 
 
 def test_unknown_pass_is_named(tmp_path):

@@ -14,19 +14,39 @@ from inference.runtime.onnx_model import BatchResult
 
 
 class FakeModel:
-    """Doubles its input; records the rows of each batch; can be held to block."""
+    """Doubles its input; records the rows of each batch; can be held to block.
+
+    ``await model.started(n)`` returns once ``n`` batches have begun executing: the
+    tests wait for that event instead of sleeping and hoping the scheduler ran."""
 
     def __init__(self) -> None:
         self.batches: list[list[int]] = []
         self.gate = asyncio.Event()
         self.gate.set()
+        self.changed = asyncio.Condition()
 
     async def execute(self, parts, rows):
-        self.batches.append(list(rows))
+        async with self.changed:
+            self.batches.append(list(rows))
+            self.changed.notify_all()
         await self.gate.wait()
         merged = np.concatenate([p["x"] for p in parts])
         out = np.split(merged * 2, np.cumsum(rows)[:-1])
         return BatchResult([{"y": o} for o in out], 0.0)
+
+    async def started(self, n: int) -> None:
+        async with self.changed:
+            await asyncio.wait_for(self.changed.wait_for(lambda: len(self.batches) >= n), 10)
+
+
+async def queued(batcher: DynamicBatcher, depth: int) -> None:
+    """Let the event loop run until ``depth`` requests wait in the batcher's queue
+    (bounded by loop iterations, not by time)."""
+    for _ in range(10_000):
+        if batcher.depth == depth:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"the queue never reached {depth} (now {batcher.depth})")
 
 
 SHORT_DELAY = BatchingPolicy(max_queue_delay_s=0.05)
@@ -107,9 +127,9 @@ async def test_batches_grow_while_the_instance_is_busy():
     batcher = make(model, policy=BatchingPolicy(max_queue_delay_s=0.0), max_batch=8)
     model.gate.clear()
     first = asyncio.create_task(batcher.submit(row(0), 1))
-    await asyncio.sleep(0.01)
+    await model.started(1)
     rest = [asyncio.create_task(batcher.submit(row(i), 1)) for i in range(1, 6)]
-    await asyncio.sleep(0.01)
+    await queued(batcher, 5)
     model.gate.set()
     await asyncio.gather(first, *rest)
     await batcher.stop()
@@ -121,13 +141,13 @@ async def test_queue_bound_rejects_at_once():
     batcher = make(model, policy=BatchingPolicy(max_queue_delay_s=0.0, max_queue_size=2))
     model.gate.clear()
     running = asyncio.create_task(batcher.submit(row(0), 1))
-    await asyncio.sleep(0.01)  # now executing; the queue is empty
-    queued = [asyncio.create_task(batcher.submit(row(i), 1)) for i in (1, 2)]
-    await asyncio.sleep(0)
+    await model.started(1)  # now executing; the queue is empty
+    queued_ = [asyncio.create_task(batcher.submit(row(i), 1)) for i in (1, 2)]
+    await queued(batcher, 2)
     with pytest.raises(Overloaded, match="queue is full"):
         await batcher.submit(row(3), 1)
     model.gate.set()
-    await asyncio.gather(running, *queued)
+    await asyncio.gather(running, *queued_)
     await batcher.stop()
 
 
@@ -136,13 +156,13 @@ async def test_queue_cap_from_settings_applies_when_config_has_none():
     batcher = make(model, policy=BatchingPolicy(max_queue_delay_s=0.0), cap=1)
     model.gate.clear()
     running = asyncio.create_task(batcher.submit(row(0), 1))
-    await asyncio.sleep(0.01)
-    queued = asyncio.create_task(batcher.submit(row(1), 1))
-    await asyncio.sleep(0)
+    await model.started(1)
+    waiting = asyncio.create_task(batcher.submit(row(1), 1))
+    await queued(batcher, 1)
     with pytest.raises(Overloaded):
         await batcher.submit(row(2), 1)
     model.gate.set()
-    await asyncio.gather(running, queued)
+    await asyncio.gather(running, waiting)
     await batcher.stop()
 
 
@@ -152,7 +172,7 @@ async def test_queue_timeout_rejects_while_waiting():
     batcher = make(model, policy=policy)
     model.gate.clear()
     running = asyncio.create_task(batcher.submit(row(0), 1))
-    await asyncio.sleep(0.01)
+    await model.started(1)
     with pytest.raises(Overloaded, match="timed out"):
         await batcher.submit(row(1), 1)
     assert batcher.depth == 0
@@ -163,17 +183,39 @@ async def test_queue_timeout_rejects_while_waiting():
 
 
 async def test_timeout_override_only_when_allowed():
-    model = FakeModel()
-    policy = BatchingPolicy(max_queue_delay_s=0.0, allow_timeout_override=True)
-    batcher = make(model, policy=policy)
-    model.gate.clear()
-    running = asyncio.create_task(batcher.submit(row(0), 1))
-    await asyncio.sleep(0.01)
-    with pytest.raises(Overloaded):
-        await batcher.submit(row(1), 1, timeout_s=0.02)
-    model.gate.set()
-    await running
-    await batcher.stop()
+    """Two batchers, both with their only instance busy, get the same request with a
+    20 ms timeout override: the one whose policy allows overrides rejects it; the one
+    whose policy does not keeps it queued (its default: no timeout) and serves it.
+
+    No sleep decides the outcome: the forbidding batcher's request is queued first,
+    so had it been given the 20 ms timer, that timer would have fired no later than
+    the allowing batcher's, whose rejection we wait for."""
+    allowing, forbidding = FakeModel(), FakeModel()
+    allows = make(
+        allowing, policy=BatchingPolicy(max_queue_delay_s=0.0, allow_timeout_override=True)
+    )
+    forbids = make(
+        forbidding, policy=BatchingPolicy(max_queue_delay_s=0.0, allow_timeout_override=False)
+    )
+    running = []
+    for model, batcher in ((forbidding, forbids), (allowing, allows)):
+        model.gate.clear()
+        running.append(asyncio.create_task(batcher.submit(row(0), 1)))
+        await model.started(1)
+    kept = asyncio.create_task(forbids.submit(row(7), 1, timeout_s=0.02))
+    await queued(forbids, 1)
+    with pytest.raises(Overloaded, match="timed out"):
+        await allows.submit(row(1), 1, timeout_s=0.02)
+    await asyncio.sleep(0)  # a timer due at the same time would have run by now
+    assert not kept.done() and forbids.depth == 1, "the override was applied anyway"
+    for model in (allowing, forbidding):
+        model.gate.set()
+    out = await kept
+    await asyncio.gather(*running)
+    await allows.stop()
+    await forbids.stop()
+    assert out["y"][0, 0] == 14
+    assert forbidding.batches == [[1], [1]] and allowing.batches == [[1]]
 
 
 async def test_delay_action_keeps_waiting():
@@ -182,9 +224,12 @@ async def test_delay_action_keeps_waiting():
     batcher = make(model, policy=policy)
     model.gate.clear()
     running = asyncio.create_task(batcher.submit(row(0), 1))
-    await asyncio.sleep(0.01)
+    await model.started(1)
     waiting = asyncio.create_task(batcher.submit(row(1), 1))
+    await queued(batcher, 1)
+    # not a synchronisation: five times its 10 ms timeout pass while it stays queued
     await asyncio.sleep(0.05)
+    assert not waiting.done() and batcher.depth == 1
     model.gate.set()
     out = await waiting
     await running
@@ -197,10 +242,10 @@ async def test_cancelled_caller_is_skipped():
     batcher = make(model, policy=BatchingPolicy(max_queue_delay_s=0.0))
     model.gate.clear()
     running = asyncio.create_task(batcher.submit(row(0), 1))
-    await asyncio.sleep(0.01)
+    await model.started(1)
     gone = asyncio.create_task(batcher.submit(row(1), 1))
     kept = asyncio.create_task(batcher.submit(row(2), 1))
-    await asyncio.sleep(0)
+    await queued(batcher, 2)
     gone.cancel()
     model.gate.set()
     await asyncio.gather(running, kept)
@@ -212,7 +257,7 @@ async def test_stop_fails_queued_requests():
     model = FakeModel()
     batcher = make(model, policy=BatchingPolicy(max_queue_delay_s=10.0), max_batch=8)
     waiting = asyncio.create_task(batcher.submit(row(1), 1))
-    await asyncio.sleep(0.01)
+    await queued(batcher, 1)
     await batcher.stop()
     with pytest.raises(ServerUnavailable):
         await waiting
@@ -248,7 +293,8 @@ async def test_instances_run_batches_concurrently():
     batcher = make(model, policy=None, max_batch=8, instances=2)
     model.gate.clear()
     tasks = [asyncio.create_task(batcher.submit(row(i), 1)) for i in range(3)]
-    await asyncio.sleep(0.02)
+    await model.started(2)
+    await queued(batcher, 1)
     assert len(model.batches) == 2  # two instances busy, the third request waits
     model.gate.set()
     await asyncio.gather(*tasks)
