@@ -124,7 +124,13 @@ async def test_inference_runs_off_the_event_loop(tmp_path, caplog):
     finally:
         await server.drain()
     np.testing.assert_allclose(np.array(results), expected, rtol=1e-4, atol=1e-5)
-    slow = [m for m in _slow_callbacks(caplog) if "client" not in m]
+    # the pod's callbacks only: this test's own client steps (`call` above) share the
+    # loop and can be preempted on a loaded 2-core machine; they are not under test
+    slow = [
+        m
+        for m in _slow_callbacks(caplog)
+        if "client" not in m and "test_inference_runs_off_the_event_loop.<locals>.call()" not in m
+    ]
     assert not slow, (
         f"callbacks over {threshold_s * 1000:.0f} ms (half of one row's "
         f"{row_s * 1000:.0f} ms) while the pod served {REQUESTS} requests: {slow}"
