@@ -1,19 +1,43 @@
 from __future__ import annotations
 
+import io
 import signal
 import threading
+import time
 from concurrent import futures
 from contextlib import contextmanager
 
 import grpc
+import numpy as np
 import pytest
 import requests
+from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.launch import gateway_config, start_gateway
 from inference.launch import start_pod
 from protos.kserve.v2 import grpc_service_pb2 as kpb
 from servicekit import kserve_grpc
+
+
+def jpeg(width: int = 64, height: int = 64) -> bytes:
+    """A seeded noise JPEG (noise: it does not compress away)."""
+    out = io.BytesIO()
+    pixels = np.random.default_rng(1).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(out, format="JPEG")
+    return out.getvalue()
+
+
+def wait_until(condition, what: str, timeout: float = 60.0, every: float = 0.05):
+    """Poll ``condition`` until it returns something true; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not {what} after {timeout} s")
+        time.sleep(every)
 
 
 @pytest.fixture(scope="module")

@@ -48,7 +48,14 @@ from protos.tenfold.v1 import gateway_pb2 as pb
 from protos.tenfold.v1 import gateway_pb2_grpc as pb_grpc
 from servicekit import kserve_grpc
 from servicekit.ready import read_ready
-from tests.gateway.conftest import metric_total, pod_inferences, pod_metrics, scrape
+from tests.gateway.conftest import (
+    jpeg,
+    metric_total,
+    pod_inferences,
+    pod_metrics,
+    scrape,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -58,25 +65,6 @@ ROOT = Path(__file__).resolve().parents[2]
 PATIENT_MS = 120_000
 PATIENT_EFFECTS = {"cartoon": {"model": "effects_cartoon", "deadline_ms": PATIENT_MS}}
 MODELS = ["feed_user_tower", "feed_ranker", "effects_cartoon"]
-
-
-def jpeg(width: int = 64, height: int = 64) -> bytes:
-    out = io.BytesIO()
-    pixels = np.random.default_rng(1).integers(0, 255, (height, width, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(out, format="JPEG")
-    return out.getvalue()
-
-
-def wait_until(condition, what: str, timeout: float = 60.0, every: float = 0.05):
-    """Poll ``condition`` until it returns something true; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not {what} after {timeout} s")
-        time.sleep(every)
 
 
 def post_effect(gw, image: bytes, size: int = 256, headers: dict | None = None):

@@ -9,12 +9,10 @@ hoping that a request is still running when a signal arrives."""
 from __future__ import annotations
 
 import asyncio
-import io
 import shutil
 import signal
 import socket
 import tempfile
-import time
 from pathlib import Path
 
 import aiohttp
@@ -24,7 +22,6 @@ import onnx
 import pytest
 import requests
 from onnx import helper, numpy_helper
-from PIL import Image
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -33,7 +30,7 @@ from gateway.launch import gateway_config, start_gateway
 from inference.launch import start_pod
 from protos.tenfold.v1 import gateway_pb2 as pb
 from protos.tenfold.v1 import gateway_pb2_grpc as pb_grpc
-from tests.gateway.conftest import metric_total, pod_metrics, scrape
+from tests.gateway.conftest import jpeg, metric_total, pod_metrics, scrape, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -41,25 +38,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 #: drain, not latency, so a loaded machine must not turn them into 504s
 PATIENT_MS = 120_000
 PATIENT_EFFECTS = {"cartoon": {"model": "effects_cartoon", "deadline_ms": PATIENT_MS}}
-
-
-def jpeg() -> bytes:
-    out = io.BytesIO()
-    pixels = np.random.default_rng(1).integers(0, 255, (300, 300, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(out, format="JPEG")
-    return out.getvalue()
-
-
-def wait_until(condition, what: str, timeout: float = 60.0, every: float = 0.05):
-    """Poll ``condition`` until it returns something true; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not {what} after {timeout} s")
-        time.sleep(every)
 
 
 async def feed_load(base: str, total: int, concurrency: int, on_progress) -> list[int]:
@@ -119,10 +97,23 @@ async def until_settled(tasks: list[asyncio.Task], held, total: int) -> None:
             await asyncio.wait([t for t in tasks if not t.done()], timeout=0.02)
 
 
+async def held_burst(gate, one, n: int):
+    """``n`` calls of ``one()`` at once while the gate holds the admitted ones: (the
+    answers that came before the gate opened, all answers)."""
+    base = gate.calls
+    tasks = [asyncio.create_task(one()) for _ in range(n)]
+    await until_settled(tasks, lambda: gate.calls - base, n)
+    early = [t.result() for t in tasks if t.done()]
+    gate.open()
+    try:
+        return early, await asyncio.gather(*tasks)
+    finally:
+        gate.close()
+
+
 async def effects_burst(gw, gate, image: bytes, n: int):
     """``n`` effect requests at once over HTTP; (answered before the gate opened, all
     answers as (status, Retry-After))."""
-    base = gate.calls
     async with aiohttp.ClientSession() as session:
 
         async def one():
@@ -134,18 +125,10 @@ async def effects_burst(gw, gate, image: bytes, n: int):
                 await resp.read()
                 return resp.status, resp.headers.get("Retry-After")
 
-        tasks = [asyncio.create_task(one()) for _ in range(n)]
-        await until_settled(tasks, lambda: gate.calls - base, n)
-        early = [t.result() for t in tasks if t.done()]
-        gate.open()
-        try:
-            return early, await asyncio.gather(*tasks)
-        finally:
-            gate.close()
+        return await held_burst(gate, one, n)
 
 
 async def effects_burst_grpc(gw, gate, image: bytes, n: int):
-    base = gate.calls
     async with grpc.aio.insecure_channel(gw.grpc) as channel:
         stub = pb_grpc.EffectsStub(channel)
 
@@ -156,14 +139,7 @@ async def effects_burst_grpc(gw, gate, image: bytes, n: int):
             except grpc.aio.AioRpcError as exc:
                 return exc.code(), dict(exc.trailing_metadata() or ()).get("retry-after")
 
-        tasks = [asyncio.create_task(one()) for _ in range(n)]
-        await until_settled(tasks, lambda: gate.calls - base, n)
-        early = [t.result() for t in tasks if t.done()]
-        gate.open()
-        try:
-            return early, await asyncio.gather(*tasks)
-        finally:
-            gate.close()
+        return await held_burst(gate, one, n)
 
 
 def test_burst_is_shed_with_429_while_admitted_requests_succeed(quick_repo, gate):
@@ -182,7 +158,7 @@ def test_burst_is_shed_with_429_while_admitted_requests_succeed(quick_repo, gate
         )
     )
     try:
-        image = jpeg()
+        image = jpeg(300, 300)
         shed_name = "tenfold_gateway_shed_total"
         shed_before = metric_total(scrape(gw.http), shed_name, route="effects", reason="admission")
         # the admitted requests are held at the gate, so no slot frees during the burst:
@@ -257,7 +233,7 @@ def test_api_keys_routes_and_rate_limits(make_gateway):
     assert post({"x-api-key": "feed-key"}).status_code == 200
     denied = requests.post(
         f"http://{gw.http}/v1/effects/cartoon",
-        data=jpeg(),
+        data=jpeg(300, 300),
         headers={"x-api-key": "feed-key", "content-type": "image/jpeg"},
         timeout=10,
     )
@@ -450,7 +426,7 @@ def refused(port: int) -> bool:
 async def in_flight_then_sigterm(gw, gate, http_port: int, grpc_port: int, n: int):
     """``n`` HTTP effect requests and one gRPC call held at the gate; SIGTERM; wait until
     both ports refuse new connections; open the gate; the answers."""
-    image = jpeg()
+    image = jpeg(300, 300)
     base = gate.calls
     async with aiohttp.ClientSession() as session, grpc.aio.insecure_channel(gw.grpc) as channel:
 
