@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from tenfold.models import effects, feed, validation
+from tenfold.models import effects, feed, feed_quality, validation
 from tenfold.models.export import export, parity, topk_overlap
 from tenfold.models.feed_nets import MMoERanker, UserTower
 from tenfold.models.feed_serving import ListRanker, Recall, list_ranker_parity
@@ -215,6 +215,8 @@ def build(out: Path, quick: bool = False, seed: int = 7, console=None) -> Built:
         report["parity_max_abs_diff"]["feed_list_ranker_vs_rows"] = list_ranker_parity(
             modules["feed_list_ranker"], held_out["feed_ranker"]
         )
+        # the served feed, end to end in process (tenfold/models/feed_quality.py)
+        report["served_feed"] = feed_quality.feed_report(out, data, n_users=300)
         validation.write_ranker(out / "feed_ranker", data, seed)
         validation.write_tower(out / "feed_user_tower", data)
         validation.write_image(effects_dir, seed, photos)
