@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
@@ -59,6 +59,14 @@ class FeedAnswer(BaseModel):
     request_id: str
 
 
+#: how a ranker takes its candidates: "rows" = one row per candidate (user features
+#: repeated), "lists" = one row per user with its candidates in ``items`` [1, N]
+RANKER_LAYOUTS = ("rows", "lists")
+#: list rankers get their candidates padded to a multiple of this, so lists of nearly
+#: the same length batch together at the pod
+LIST_PAD = 32
+
+
 @dataclass(frozen=True)
 class FeedAssets:
     embeddings: np.ndarray  # [items, dim] float32
@@ -66,6 +74,14 @@ class FeedAssets:
     creators: np.ndarray  # [items] int64
     users: int
     history: int
+    #: TopK size of the recall model (None: the build has no recall model)
+    recall_k: int | None = None
+    #: ranker model name -> its layout (RANKER_LAYOUTS)
+    rankers: dict[str, str] = field(default_factory=dict)
+
+    def ranker_layout(self, model: str) -> str:
+        """How ``model`` takes candidates; rankers the build does not list are "rows"."""
+        return self.rankers.get(model, "rows")
 
     @classmethod
     def load(cls, folder: Path) -> FeedAssets:
@@ -81,12 +97,19 @@ class FeedAssets:
             raise ValueError(f"feed assets in {folder}: shapes do not match {items} items")
         if pool.size and (pool.min() < 0 or pool.max() >= items):
             raise ValueError(f"feed assets in {folder}: cold-start pool has unknown item ids")
+        rankers = dict(manifest.get("rankers", {}))
+        bad = {m: v for m, v in rankers.items() if v not in RANKER_LAYOUTS}
+        if bad:
+            raise ValueError(f"feed assets in {folder}: unknown ranker layouts {bad}")
+        recall_k = manifest.get("recall_k")
         return cls(
             np.ascontiguousarray(embeddings, dtype=np.float32),
             pool.astype(np.int64),
             creators.astype(np.int64),
             int(manifest["users"]),
             int(manifest["history"]),
+            None if recall_k is None else int(recall_k),
+            rankers,
         )
 
 
@@ -129,6 +152,16 @@ def _top_diverse(
     return taken
 
 
+def exact_recall(embeddings: np.ndarray, vec: np.ndarray, k: int):
+    """The ``k`` items nearest ``vec`` by dot product, best first, and their scores
+    (CPU work over every item: run it off the event loop)."""
+    scores = embeddings @ vec
+    k = min(k, len(scores))
+    top = np.argpartition(scores, len(scores) - k)[len(scores) - k :]
+    top = top[np.argsort(-scores[top], kind="stable")]
+    return top.astype(np.int64), scores[top]
+
+
 class FeedPipeline:
     def __init__(self, settings: FeedSettings, assets: FeedAssets, models: ModelClient) -> None:
         self.settings = settings
@@ -138,6 +171,18 @@ class FeedPipeline:
         if unknown:
             raise ValueError(f"feed.weights: unknown heads {unknown}; heads: {list(HEADS)}")
         self.weights = np.array([settings.weights.get(h, 0.0) for h in HEADS], np.float32)
+        if settings.recall_model and assets.recall_k is None:
+            raise ValueError(
+                f"feed.recall_model {settings.recall_model!r}: the model repository has no "
+                "recall model (feed_assets.json has no recall_k; built before it existed): "
+                "rebuild with `tenfold models build`, or set feed.recall_model to '' to "
+                "recall in the gateway"
+            )
+        if settings.recall_model and settings.recall_candidates > assets.recall_k:
+            raise ValueError(
+                f"feed.recall_candidates {settings.recall_candidates} is more than the "
+                f"recall model returns ({assets.recall_k})"
+            )
 
     def _inputs(self, body: FeedBody) -> tuple[int | None, np.ndarray, np.ndarray]:
         a, s = self.assets, self.settings
@@ -161,52 +206,84 @@ class FeedPipeline:
         )
         return user, ctx, padded
 
-    def _candidates(self, vec: np.ndarray | None, seen: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        """Candidate ids and whether each came from recall (CPU work: run off the loop)."""
+    async def _recall(self, ctx, history, deadline: float, request_id: str):
+        """The user's embedding and recalled items with their scores, best first."""
+        s = self.settings
+        inputs = {"user_ctx": ctx, "history": history}
+        if s.recall_model:
+            out, _ = await self.models.infer(
+                s.recall_model, inputs, deadline, request_id=request_id
+            )
+            k = s.recall_candidates
+            return out["embedding"][0], out["recall_ids"][0][:k], out["recall_scores"][0][:k]
+        out, _ = await self.models.infer(
+            s.user_tower_model, inputs, deadline, request_id=request_id
+        )
+        vec = out["embedding"][0]
+        loop = asyncio.get_running_loop()
+        ids, scores = await loop.run_in_executor(
+            None, exact_recall, self.assets.embeddings, vec, s.recall_candidates
+        )
+        return vec, ids, scores
+
+    def _candidates(self, vec, recalled, recall_scores, seen: list[int]):
+        """Candidate ids, whether each came from recall, and a cheap pre-score (the
+        recall dot product; pool order for a user without an embedding)."""
         a, s = self.assets, self.settings
-        pool = a.pool[: s.cold_start_candidates] if vec is not None else a.pool
-        if vec is not None:
-            scores = a.embeddings @ vec
-            k = min(s.recall_candidates, len(scores))
-            recalled = np.argpartition(-scores, k - 1)[:k]
+        if vec is None:
+            ids = a.pool
+            pre = -np.arange(len(ids), dtype=np.float32)
         else:
-            recalled = np.empty(0, np.int64)
-        ids = np.concatenate([recalled, pool[~np.isin(pool, recalled)]])
+            pool = a.pool[: s.cold_start_candidates]
+            pool = pool[~np.isin(pool, recalled)]
+            ids = np.concatenate([recalled, pool])
+            pre = np.concatenate([recall_scores, a.embeddings[pool] @ vec])
         from_recall = np.arange(len(ids)) < len(recalled)
         if seen:
             keep = ~np.isin(ids, np.asarray(seen, dtype=np.int64))
-            ids, from_recall = ids[keep], from_recall[keep]
+            ids, from_recall, pre = ids[keep], from_recall[keep], pre[keep]
+        if s.rank_candidates and len(ids) > s.rank_candidates:
+            best = np.argpartition(-pre, s.rank_candidates - 1)[: s.rank_candidates]
+            ids, from_recall = ids[best], from_recall[best]
         return ids, from_recall
 
-    async def run(self, body: FeedBody, arm: Arm, deadline: float, request_id: str) -> FeedResult:
-        user, ctx, history = self._inputs(body)
-        loop = asyncio.get_running_loop()
-        vec = None
-        if user is not None or history.any():
-            out, _ = await self.models.infer(
-                self.settings.user_tower_model,
-                {"user_ctx": ctx, "history": history},
-                deadline,
-                request_id=request_id,
-            )
-            vec = out["embedding"][0]
-        ids, from_recall = await loop.run_in_executor(None, self._candidates, vec, body.seen)
-        if not len(ids):
-            return FeedResult([], "")
+    async def _rank(self, ranker, version, ctx, history, ids, deadline, request_id):
+        """The ranker's heads for each candidate: [n, heads] and the version served."""
         n = len(ids)
-        ranker = arm.ranker_model or self.settings.ranker_model
-        heads, version = await self.models.infer(
-            ranker,
-            {
+        if self.assets.ranker_layout(ranker) == "lists":
+            items = np.zeros((1, -(-n // LIST_PAD) * LIST_PAD), np.int64)
+            items[0, :n] = ids + 1
+            inputs = {"user_ctx": ctx, "history": history, "items": items}
+        else:
+            inputs = {
                 "user_ctx": np.repeat(ctx, n, axis=0),
                 "history": np.repeat(history, n, axis=0),
                 "item": (ids[:, None] + 1).astype(np.int64),
-            },
-            deadline,
-            version=arm.ranker_version or self.settings.ranker_version,
-            request_id=request_id,
+            }
+        heads, served = await self.models.infer(
+            ranker, inputs, deadline, version=version, request_id=request_id
         )
-        scores = np.stack([heads[h].reshape(-1) for h in HEADS], 1) @ self.weights
+        return np.stack([heads[h].reshape(-1)[:n] for h in HEADS], 1), served
+
+    async def run(self, body: FeedBody, arm: Arm, deadline: float, request_id: str) -> FeedResult:
+        user, ctx, history = self._inputs(body)
+        vec, recalled, recall_scores = None, np.empty(0, np.int64), np.empty(0, np.float32)
+        if user is not None or history.any():
+            vec, recalled, recall_scores = await self._recall(ctx, history, deadline, request_id)
+        ids, from_recall = self._candidates(vec, recalled, recall_scores, body.seen)
+        if not len(ids):
+            return FeedResult([], "")
+        ranker = arm.ranker_model or self.settings.ranker_model
+        heads, version = await self._rank(
+            ranker,
+            arm.ranker_version or self.settings.ranker_version,
+            ctx,
+            history,
+            ids,
+            deadline,
+            request_id,
+        )
+        scores = heads @ self.weights
         top = _top_diverse(
             ids, scores, self.assets.creators, body.count, self.settings.max_per_creator
         )

@@ -15,7 +15,13 @@ import yaml
 from servicekit.launcher import ServiceProcess, launch
 
 #: the models of the default build, all in one pool
-DEFAULT_MODELS = ("feed_user_tower", "feed_ranker", "effects_cartoon")
+DEFAULT_MODELS = (
+    "feed_recall",
+    "feed_list_ranker",
+    "feed_user_tower",
+    "feed_ranker",
+    "effects_cartoon",
+)
 
 
 def gateway_config(repo: Path, pods: Sequence[ServiceProcess], **overrides) -> dict:

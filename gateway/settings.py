@@ -29,8 +29,19 @@ class PoolSettings(BaseModel):
 
 
 class FeedSettings(BaseModel):
-    user_tower_model: str = Field("feed_user_tower", description="user tower model name")
-    ranker_model: str = Field("feed_ranker", description="ranker model name")
+    recall_model: str = Field(
+        "feed_recall",
+        description="user tower + nearest-neighbour model run by the pod ('' = the user "
+        "tower model, with the nearest neighbours searched in the gateway)",
+    )
+    user_tower_model: str = Field(
+        "feed_user_tower", description="user tower model name (when recall_model is '')"
+    )
+    ranker_model: str = Field(
+        "feed_list_ranker",
+        description="ranker model name; its layout (one row per candidate, or one list "
+        "per user) is the build's (feed_assets.json 'rankers')",
+    )
     ranker_version: str = Field("", description="ranker version ('' = the pod's latest)")
     assets_dir: Path | None = Field(
         None,
@@ -39,6 +50,12 @@ class FeedSettings(BaseModel):
     )
     recall_candidates: int = Field(400, ge=1, description="nearest neighbours to retrieve")
     cold_start_candidates: int = Field(100, ge=0, description="pool items mixed in")
+    rank_candidates: int = Field(
+        200,
+        ge=0,
+        description="cascade: rank only this many candidates, the best by recall score "
+        "(0 = rank them all)",
+    )
     max_per_creator: int = Field(2, ge=1, description="at most this many items per creator")
     weights: dict[str, float] = Field(
         default_factory=lambda: {"p_finish": 1.0, "p_like": 2.0, "p_share": 4.0, "watch": 1.0},

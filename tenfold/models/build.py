@@ -22,9 +22,10 @@ import numpy as np
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from tenfold.models import effects, feed, validation
-from tenfold.models.export import export, parity
+from tenfold.models import effects, feed, feed_quality, validation
+from tenfold.models.export import export, parity, topk_overlap
 from tenfold.models.feed_nets import MMoERanker, UserTower
+from tenfold.models.feed_serving import ListRanker, Recall, list_ranker_parity
 from tenfold.models.simulate import HISTORY, SimConfig, simulate
 
 PARITY_TOLERANCE = 1e-4
@@ -79,6 +80,46 @@ model_warmup [ {
   name: "256x256" batch_size: 1
   inputs { key: "image" value: { data_type: TYPE_FP32 dims: [ 3, 256, 256 ] zero_data: true } }
 } ]
+"""
+
+
+RECALL_K = 400
+#: ONNX Runtime and PyTorch may order near-ties differently: the recalled sets agree
+RECALL_OVERLAP = 0.999
+RECALL_CONFIG = """\
+name: "feed_recall"
+platform: "onnxruntime_onnx"
+max_batch_size: 64
+input [
+  { name: "user_ctx" data_type: TYPE_INT64 dims: [ 4 ] },
+  { name: "history" data_type: TYPE_INT64 dims: [ %(history)d ] }
+]
+output [
+  { name: "embedding" data_type: TYPE_FP32 dims: [ %(dim)d ] },
+  { name: "recall_ids" data_type: TYPE_INT64 dims: [ %(k)d ] },
+  { name: "recall_scores" data_type: TYPE_FP32 dims: [ %(k)d ] }
+]
+dynamic_batching { max_queue_delay_microseconds: 500 default_queue_policy { max_queue_size: 1024 } }
+instance_group [ { count: 1 kind: KIND_CPU } ]
+"""
+
+LIST_RANKER_CONFIG = """\
+name: "feed_list_ranker"
+platform: "onnxruntime_onnx"
+max_batch_size: 64
+input [
+  { name: "user_ctx" data_type: TYPE_INT64 dims: [ 4 ] },
+  { name: "history" data_type: TYPE_INT64 dims: [ %(history)d ] },
+  { name: "items" data_type: TYPE_INT64 dims: [ -1 ] }
+]
+output [
+  { name: "p_finish" data_type: TYPE_FP32 dims: [ -1 ] },
+  { name: "p_like" data_type: TYPE_FP32 dims: [ -1 ] },
+  { name: "p_share" data_type: TYPE_FP32 dims: [ -1 ] },
+  { name: "watch" data_type: TYPE_FP32 dims: [ -1 ] }
+]
+dynamic_batching { max_queue_delay_microseconds: 500 default_queue_policy { max_queue_size: 1024 } }
+instance_group [ { count: 1 kind: KIND_CPU } ]
 """
 
 
@@ -158,6 +199,24 @@ def build(out: Path, quick: bool = False, seed: int = 7, console=None) -> Built:
             name: parity(modules[name], out / name / "1" / "model.onnx", held_out[name])
             for name in modules
         }
+        overlap = topk_overlap(
+            modules["feed_recall"],
+            out / "feed_recall" / "1" / "model.onnx",
+            held_out["feed_recall"],
+            1,
+        )
+        report["recall_ids_overlap"] = overlap
+        if overlap < RECALL_OVERLAP:
+            raise BuildError(
+                f"feed_recall: ONNX and PyTorch agree on {overlap:.4f} of recalled items "
+                f"(< {RECALL_OVERLAP})"
+            )
+        # the list ranker is the row ranker rearranged: the same scores
+        report["parity_max_abs_diff"]["feed_list_ranker_vs_rows"] = list_ranker_parity(
+            modules["feed_list_ranker"], held_out["feed_ranker"]
+        )
+        # the served feed, end to end in process (tenfold/models/feed_quality.py)
+        report["served_feed"] = feed_quality.feed_report(out, data, n_users=300)
         validation.write_ranker(out / "feed_ranker", data, seed)
         validation.write_tower(out / "feed_user_tower", data)
         validation.write_image(effects_dir, seed, photos)
@@ -186,11 +245,64 @@ def _export_feed(out, data, ranker, two_tower, embeddings, pool):
     np.save(tower_dir / "item_embeddings.npy", embeddings)
     np.save(tower_dir / "cold_start_pool.npy", pool)
     np.save(tower_dir / "item_creator.npy", data.world.item_creator.astype(np.int64))
-    manifest = {"users": data.cfg.users, "items": data.cfg.items, "history": HISTORY}
+    manifest = {
+        "users": data.cfg.users,
+        "items": data.cfg.items,
+        "history": HISTORY,
+        "recall_k": RECALL_K,
+        "rankers": {"feed_ranker": "rows", "feed_list_ranker": "lists"},
+    }
     (tower_dir / "feed_assets.json").write_text(json.dumps(manifest, indent=2))
     ranker_inputs = feed.ranker_inputs(data, held_out)
     ranker_dir = out / "feed_ranker"
     export(ranker, ranker_inputs, list(MMoERanker.HEADS), ranker_dir / "1" / "model.onnx")
     (ranker_dir / "config.pbtxt").write_text(RANKER_CONFIG % {"history": HISTORY})
-    modules = {"feed_user_tower": tower, "feed_ranker": ranker}
-    return modules, {"feed_user_tower": user_inputs, "feed_ranker": ranker_inputs}
+
+    modules, held = export_serving_forms(out, tower, ranker, embeddings, user_inputs, ranker_inputs)
+    modules.update({"feed_user_tower": tower, "feed_ranker": ranker})
+    held.update({"feed_user_tower": user_inputs, "feed_ranker": ranker_inputs})
+    return modules, held
+
+
+def export_serving_forms(out, tower, ranker, embeddings, user_inputs, ranker_inputs):
+    """Export ``feed_recall`` and ``feed_list_ranker`` (tenfold/models/feed_serving.py:
+    the trained tower and ranker rearranged, same weights) into ``out``; their modules
+    and held-out inputs by model name."""
+    recall = Recall(tower, embeddings, RECALL_K).eval()
+    recall_dir = out / "feed_recall"
+    export(
+        recall,
+        user_inputs,
+        ["embedding", "recall_ids", "recall_scores"],
+        recall_dir / "1" / "model.onnx",
+    )
+    (recall_dir / "config.pbtxt").write_text(
+        RECALL_CONFIG % {"history": HISTORY, "dim": embeddings.shape[1], "k": RECALL_K}
+    )
+    lists = ListRanker(ranker).eval()
+    per_list = 32
+    rows = len(ranker_inputs["item"]) // per_list * per_list
+    list_inputs = {
+        "user_ctx": ranker_inputs["user_ctx"][:rows:per_list],
+        "history": ranker_inputs["history"][:rows:per_list],
+        "items": ranker_inputs["item"][:rows, 0].reshape(-1, per_list),
+    }
+    candidates = {0: "batch", 1: "candidates"}
+    export(
+        lists,
+        list_inputs,
+        list(ListRanker.HEADS),
+        out / "feed_list_ranker" / "1" / "model.onnx",
+        dynamic={
+            "user_ctx": {0: "batch"},
+            "history": {0: "batch"},
+            "items": candidates,
+            **{head: candidates for head in ListRanker.HEADS},
+        },
+    )
+    (out / "feed_list_ranker" / "config.pbtxt").write_text(
+        LIST_RANKER_CONFIG % {"history": HISTORY}
+    )
+    modules = {"feed_recall": recall, "feed_list_ranker": lists}
+    held = {"feed_recall": user_inputs, "feed_list_ranker": list_inputs}
+    return modules, held

@@ -57,9 +57,9 @@ def write_ranker(model_dir: Path, data: feed.FeedData, seed: int) -> None:
     probe = test.take(users)
     arrays["topk_user_ctx"] = data.user_ctx(probe)
     arrays["topk_history"] = probe.history.astype(np.int64)
-    arrays["topk_items"] = rng.choice(
-        data.cfg.items, (TOPK_USERS, TOPK_CANDIDATES), replace=True
-    ).astype(np.int64) + 1
+    arrays["topk_items"] = (
+        rng.choice(data.cfg.items, (TOPK_USERS, TOPK_CANDIDATES), replace=True).astype(np.int64) + 1
+    )
     _save(model_dir, "ranker", arrays)
 
 
