@@ -120,6 +120,12 @@ def run(
     size: Annotated[int, typer.Option(help="effects: output size; infer: image dims")] = 256,
     effect: Annotated[str, typer.Option(help="effects: the effect")] = "cartoon",
     count: Annotated[int, typer.Option(help="feed: items per page")] = 20,
+    history: Annotated[
+        int, typer.Option(help="feed: items of recent history each new session sends")
+    ] = 0,
+    items: Annotated[
+        int, typer.Option(help="feed: catalogue size the history is drawn from")
+    ] = 100_000,
     effects_share: Annotated[float, typer.Option(help="mixed: share of effects")] = 0.1,
     api_key: Annotated[str | None, typer.Option(help="sent as a Bearer token")] = None,
     seed: Annotated[int, typer.Option(help="seed of users, photos and arrivals")] = 0,
@@ -146,6 +152,8 @@ def run(
             image_size=size,
             effect=effect,
             feed_count=count,
+            feed_history=history,
+            items=items,
             effects_share=effects_share,
             seed=seed,
             headers=headers,
@@ -315,3 +323,35 @@ def bench_peers(
         with _loadtest_extra():
             from loadtest import bench_peers as module
         module.benchmark(repository, triton_venv if triton else None, duration, rows, out)
+
+
+@bench.command("feed")
+def bench_feed(
+    repository: Annotated[
+        Path, typer.Option(help="model repository with the default models")
+    ] = Path("var/model-repository"),
+    duration: Annotated[float, typer.Option(help="seconds per rate")] = 5.0,
+    history: Annotated[int, typer.Option(min=0, help="history items per session")] = 5,
+    p99_ms: Annotated[float, typer.Option(help="p99 budget in ms")] = 100.0,
+    start_rate: Annotated[float, typer.Option(help="first rate of the ladder")] = 40.0,
+    workers: Annotated[int, typer.Option(min=1, help="gateway workers of the tenfold stack")] = 1,
+    out: Annotated[
+        Path | None, typer.Option(help="write JSON results here (and the tables as .md)")
+    ] = None,
+) -> None:
+    """POST /v1/feed end to end: the stack make run starts against the day-one PyTorch
+    feed server (1 and 2 torch threads) and tenfold's in-process limit, with the CPU
+    split and the per-stage cost before and after (docs/benchmarks.md)."""
+    with _exit_2_on_error():
+        _positive(duration=duration, p99_ms=p99_ms, start_rate=start_rate)
+        with _loadtest_extra():
+            from loadtest import bench_feed as module
+        plan = module.FeedBenchPlan(
+            repository,
+            duration_s=duration,
+            history=history,
+            p99_budget_ms=p99_ms,
+            start_rate=start_rate,
+            gateway_workers=workers,
+        )
+        module.benchmark(plan, out)

@@ -56,6 +56,10 @@ class ScenarioSpec:
     effect: str = "cartoon"
     feed_count: int = 20
     users: int = 50_000
+    #: items the client sends as the user's recent history (0: none), drawn from
+    #: ``items`` (the catalogue size of the served build)
+    feed_history: int = 0
+    items: int = 100_000
     next_page_share: float = 0.4
     effects_share: float = 0.1
     photo_sizes: tuple[int, ...] = (320, 640, 1280)
@@ -69,6 +73,8 @@ class ScenarioSpec:
             )
         if self.batch < 1 or self.image_size < 1 or self.feed_count < 1 or self.users < 1:
             raise LoadTestError("batch, image size, feed count and users must be >= 1")
+        if self.feed_history < 0 or self.items < 1:
+            raise LoadTestError("feed history must be >= 0 and items >= 1")
         for share in (self.next_page_share, self.effects_share):
             if not 0 <= share <= 1:
                 raise LoadTestError(f"shares must be within [0, 1], got {share}")
@@ -82,25 +88,26 @@ class FeedSessions:
 
     def __init__(self, spec: ScenarioSpec, rng: random.Random, open_sessions: int = 256):
         self.spec, self.rng = spec, rng
-        self.open: deque[tuple[int, list[int]]] = deque(maxlen=open_sessions)
+        self.open: deque[tuple[int, list[int], list[int]]] = deque(maxlen=open_sessions)
 
-    def next(self) -> tuple[int, list[int], dict]:
-        """(user id, seen item ids, context) of the next feed request."""
-        rng = self.rng
-        if self.open and rng.random() < self.spec.next_page_share:
-            user, seen = self.open.popleft()
+    def next(self) -> tuple[int, list[int], list[int], dict]:
+        """(user id, seen item ids, history item ids, context) of the next request."""
+        rng, spec = self.rng, self.spec
+        if self.open and rng.random() < spec.next_page_share:
+            user, seen, history = self.open.popleft()
         else:
-            user, seen = int(self.spec.users ** rng.random()) - 1, []
+            user, seen = int(spec.users ** rng.random()) - 1, []
+            history = [rng.randrange(spec.items) for _ in range(spec.feed_history)]
         context = {
             "hour": rng.randrange(24),
             "device": rng.choice(DEVICES),
             "network": rng.choice(NETWORKS),
         }
-        return user, seen, context
+        return user, seen, history, context
 
-    def shown(self, user: int, seen: list[int], items: list[int]) -> None:
+    def shown(self, user: int, seen: list[int], history: list[int], items: list[int]) -> None:
         if len(seen) < 4 * self.spec.feed_count:  # a session lasts a few pages
-            self.open.append((user, seen + items))
+            self.open.append((user, seen + items, history))
 
 
 @dataclass
@@ -126,12 +133,15 @@ async def _feed(spec, target: Target, rng, http, channel, client) -> Send:
         url = f"{target.url}/v1/feed"
 
         async def send() -> str:
-            user, seen, ctx = sessions.next()
+            user, seen, history, ctx = sessions.next()
             body = {"user_id": user, "count": spec.feed_count, "context": ctx, "seen": seen}
+            if history:
+                body["history"] = history
             async with http.post(url, data=orjson.dumps(body), headers=_JSON) as resp:
                 data = await resp.read()
                 if resp.status == 200:
-                    sessions.shown(user, seen, [i["item_id"] for i in orjson.loads(data)["items"]])
+                    page = [i["item_id"] for i in orjson.loads(data)["items"]]
+                    sessions.shown(user, seen, history, page)
                 return client.http_status(resp.status, data)
 
         return send
@@ -142,15 +152,19 @@ async def _feed(spec, target: Target, rng, http, channel, client) -> Send:
     )
 
     async def send_grpc() -> str:
-        user, seen, ctx = sessions.next()
+        user, seen, history, ctx = sessions.next()
         request = pb.FeedRequest(
-            user_id=str(user), count=spec.feed_count, seen=seen, context=pb.FeedContext(**ctx)
+            user_id=str(user),
+            count=spec.feed_count,
+            seen=seen,
+            history=history,
+            context=pb.FeedContext(**ctx),
         )
         try:
             answer = await call(request, metadata=spec.headers)
         except grpc.aio.AioRpcError as exc:
             return client.grpc_status(exc)
-        sessions.shown(user, seen, [i.item_id for i in answer.items])
+        sessions.shown(user, seen, history, [i.item_id for i in answer.items])
         return "OK"
 
     return send_grpc

@@ -302,7 +302,8 @@ def test_ab_variant_is_served_by_its_ranker_version(two_ranker_versions):
         gateway_config(
             repo,
             [pod],
-            feed={"ranker_version": "1"},
+            # the row ranker and gateway-side recall: this repository holds only those
+            feed={"ranker_version": "1", "ranker_model": "feed_ranker", "recall_model": ""},
             experiments=[{"name": "ranker_v2", "percent": 50, "ranker_version": "2"}],
         )
     )

@@ -70,7 +70,7 @@ def test_feed_http(gateway, creators):
     assert answer.status_code == 200, answer.text
     doc = answer.json()
     check_page(doc["items"], 20, creators)
-    assert doc["model_version"] == "feed_ranker:1" and doc["experiment"] == ""
+    assert doc["model_version"] == "feed_list_ranker:1" and doc["experiment"] == ""
     assert len(doc["request_id"]) >= 16
     assert any(i["source"] == "recall" for i in doc["items"])
 
@@ -97,7 +97,7 @@ def test_feed_grpc_equals_http(gateway, creators):
             pb.FeedRequest(user_id="33", count=12, history=[5, 9, 40], seen=[1, 2]), timeout=10
         )
     assert [i.item_id for i in answer.items] == [i["item_id"] for i in http_items]
-    assert answer.model_version == "feed_ranker:1" and answer.request_id
+    assert answer.model_version == "feed_list_ranker:1" and answer.request_id
     check_page(
         [{"item_id": i.item_id, "score": i.score, "source": i.source} for i in answer.items],
         12,

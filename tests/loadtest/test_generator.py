@@ -205,19 +205,23 @@ def test_rate_steps_stop_at_the_first_miss():
 
 
 def test_feed_sessions_send_what_was_shown_as_seen():
-    spec = ScenarioSpec("feed", users=1000, next_page_share=1.0, feed_count=2)
+    spec = ScenarioSpec(
+        "feed", users=1000, next_page_share=1.0, feed_count=2, feed_history=3, items=50
+    )
     sessions = FeedSessions(spec, random.Random(1))
-    user, seen, ctx = sessions.next()
+    user, seen, history, ctx = sessions.next()
     assert seen == [] and 0 <= user < 1000 and 0 <= ctx["hour"] < 24
+    assert len(history) == 3 and all(0 <= i < 50 for i in history)
     pages, shown = 1, [10, 11]
-    sessions.shown(user, seen, shown)
+    sessions.shown(user, seen, history, shown)
     while True:  # with next_page_share 1 the open session is always continued
-        next_user, seen, _ = sessions.next()
+        next_user, seen, next_history, _ = sessions.next()
         if seen == []:
             break
-        assert next_user == user and seen == shown  # its next page carries all it was shown
+        # its next page carries all it was shown, and the same history
+        assert next_user == user and seen == shown and next_history == history
         pages += 1
         new = [shown[-1] + 1, shown[-1] + 2]
-        sessions.shown(user, seen, new)
+        sessions.shown(user, seen, history, new)
         shown = seen + new
     assert pages == 5  # a session lasts until 4 pages' worth was seen, then the app reopens

@@ -79,7 +79,12 @@ def test_saved_pytorch_module_matches_the_onnx_export(built):
         "feed_user_tower",
         "feed_ranker",
         "effects_cartoon",
+        "feed_recall",
+        "feed_list_ranker",
+        "feed_list_ranker_vs_rows",
     }
+    # the serving forms (feed_recall, feed_list_ranker) are checked against their
+    # PyTorch modules through a pod below; these three carry the optimizer's files
     for model in ("feed_user_tower", "feed_ranker", "effects_cartoon"):
         sess = ort.InferenceSession(
             str(out / model / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
@@ -136,7 +141,16 @@ def test_pod_serves_the_build_with_pytorch_outputs(built):
                 expected = result.modules[model](*(torch.as_tensor(v) for v in rows.values()))
             if isinstance(expected, torch.Tensor):
                 expected = (expected,)
-            for got, want in zip(answer.values(), expected, strict=True):
-                np.testing.assert_allclose(got, want.numpy(), atol=1e-5)
+            for name, got, want in zip(answer, answer.values(), expected, strict=True):
+                want = want.numpy()
+                if np.issubdtype(got.dtype, np.integer):
+                    # TopK ids: near-ties may swap places between PyTorch and ORT, so
+                    # each row must hold the same ids (the scores are compared as floats)
+                    same = [
+                        np.intersect1d(g, w).size / w.size for g, w in zip(got, want, strict=True)
+                    ]
+                    assert np.mean(same) >= 0.999, (model, name, np.mean(same))
+                else:
+                    np.testing.assert_allclose(got, want, atol=1e-5, err_msg=f"{model}.{name}")
     finally:
         assert pod.stop() == 0

@@ -1,0 +1,342 @@
+"""The feed end to end: the stack ``make run`` starts against the day-one PyTorch feed
+server and against tenfold's own in-process limit, one run, one machine, the same load.
+
+    make bench-feed   # = tenfold loadtest bench feed --repository var/model-repository \\
+                      #       --out docs/results/bench_feed.json
+
+- ``tenfold``: ``tenfold up`` as ``make run`` starts it (its defaults: one pod, one
+  gateway worker), loaded on ``POST /v1/feed``;
+- ``naive PyTorch, N thread(s)``: loadtest/peers/naive_feed.py, the whole pipeline in
+  PyTorch eager in an aiohttp handler, one request at a time, the row ranker on every
+  candidate: the day-one code. Tried with 1 and 2 torch threads; its better figure
+  counts;
+- ``limit``: tenfold's feed pipeline in process (``python -m tenfold.models.feed_limit``),
+  one process per core, no network: the most feeds a second its models and steps allow.
+
+The load is ``tenfold loadtest``'s feed scenario (users log-uniform over the catalogue's
+users, 20 items per page, the next page of a session sending what it was shown as
+``seen``) with ``--history`` items of history per session: one open-loop generator
+process on the same cores. A ladder of rates finds, per server, the highest rate whose
+p99 stays within the budget (100 ms) with under 1 % errors. During every step the CPU
+seconds of the server's processes and of the generator are read from /proc (psutil), so
+the table says how the cores were split. The per-stage table is the in-process pipeline
+on one thread, as served and in its day-one form (before issue 13).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import requests
+
+from loadtest.runner import RunPlan, run
+from loadtest.scenarios import ScenarioSpec
+from loadtest.targets import LoadTestError, Target
+from servicekit.launcher import launch
+
+
+@dataclass(frozen=True)
+class FeedBenchPlan:
+    repository: Path
+    duration_s: float = 5.0
+    history: int = 5
+    p99_budget_ms: float = 100.0
+    start_rate: float = 40.0
+    factor: float = 1.25
+    top_rate: float = 5000.0
+    torch_threads: tuple[int, ...] = (1, 2)
+    gateway_workers: int = 1  # what `tenfold up` (make run) starts
+
+    def ladder(self) -> list[float]:
+        rates = [self.start_rate]
+        while rates[-1] * self.factor <= self.top_rate:
+            rates.append(round(rates[-1] * self.factor, 1))
+        return rates
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_ready(url: str, proc: subprocess.Popen, timeout_s: float = 300.0) -> None:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise LoadTestError(f"the stack exited ({proc.returncode}) before it was ready")
+        try:
+            if requests.get(url, timeout=1).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise LoadTestError(f"{url} not ready after {timeout_s:g} s")
+
+
+@contextmanager
+def make_run_stack(repo: Path, workers: int) -> Iterator[tuple[str, list[int]]]:
+    """``tenfold up`` (what ``make run`` runs), on free loopback ports."""
+    http, grpc = _free_port(), _free_port()
+    args = [sys.executable, "-m", "tenfold", "up", "--repository", str(repo)]
+    args += ["--port", str(http), "--grpc-port", str(grpc), "--workers", str(workers)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_ready(f"http://127.0.0.1:{http}/readyz", proc)
+        yield f"127.0.0.1:{http}", [proc.pid]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextmanager
+def naive_feed(repo: Path, threads: int) -> Iterator[tuple[str, list[int]]]:
+    args = [sys.executable, "-m", "loadtest.peers.naive_feed", "--repository", str(repo)]
+    server = launch([*args, "--threads", str(threads)], "naive feed", timeout=300)
+    try:
+        yield server.http, [server.proc.pid]
+    finally:
+        server.stop()
+
+
+def _tree(pids: list[int]) -> list[psutil.Process]:
+    out = []
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            out += [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def _role(proc: psutil.Process) -> str:
+    try:
+        line = " ".join(proc.cmdline())
+    except psutil.Error:
+        return "other"
+    for needle, role in (
+        ("inference", "pod"),
+        ("gateway", "gateway"),
+        ("naive_feed", "server"),
+        ("tenfold up", "supervisor"),
+        (" up --repository", "supervisor"),
+    ):
+        if needle in line:
+            return role
+    return "other"
+
+
+def _cpu(procs: list[psutil.Process]) -> dict[int, tuple[str, float]]:
+    out = {}
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+            out[proc.pid] = (_role(proc), times.user + times.system)
+        except psutil.Error:
+            pass
+    return out
+
+
+def _own_cpu() -> float:
+    """CPU seconds of this process and of its children reaped so far."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def _split(before: dict, after: dict, wall: float) -> dict[str, float]:
+    """Cores used per role over ``wall`` seconds (1.0 = one core busy)."""
+    used: dict[str, float] = {}
+    for pid, (role, seconds) in after.items():
+        start = before.get(pid, (role, 0.0))[1]
+        used[role] = used.get(role, 0.0) + (seconds - start) / wall
+    return {k: round(v, 2) for k, v in sorted(used.items())}
+
+
+def load(address: str, server_pids: list[int], plan: FeedBenchPlan, items: int, label: str):
+    """Climb the ladder until a step misses the budget; each step's figures and CPU."""
+    spec = ScenarioSpec("feed", feed_history=plan.history, items=items)
+    target = Target.parse(f"http://{address}")
+    steps, best = [], None
+    for rate in plan.ladder():
+        run_plan = RunPlan(
+            target,
+            spec,
+            (rate,),
+            plan.duration_s,
+            warmup_s=1.0,
+            timeout_s=10,
+            p99_budget_ms=plan.p99_budget_ms,
+        )
+        before, mine0 = _cpu(_tree(server_pids)), _own_cpu()
+        started = time.perf_counter()
+        (step,) = run(run_plan, check=False)
+        wall = time.perf_counter() - started
+        split = _split(before, _cpu(_tree(server_pids)), wall)
+        # the generator: this process and its worker, spawned and reaped within run()
+        split["generator"] = round((_own_cpu() - mine0) / wall, 2)
+        row = {
+            "rate": rate,
+            "achieved": round(step.achieved_rate, 1),
+            "p50_ms": round(step.total.percentile_ms(50), 2),
+            "p99_ms": round(step.total.percentile_ms(99), 2),
+            "errors": step.total.errors,
+            "meets": step.meets(run_plan),
+            "cores": split,
+        }
+        steps.append(row)
+        print(
+            f"  {label}: {rate:g}/s -> {row['achieved']:g}/s p99 {row['p99_ms']:g} ms "
+            f"errors {row['errors']} cores {split}",
+            file=sys.stderr,
+            flush=True,
+        )
+        if not row["meets"]:
+            break
+        best = row
+    return {"best": best, "ladder": steps}
+
+
+def limit(repo: Path, seconds: float, history: int, processes: int, form: str) -> dict:
+    """``processes`` in-process pipelines side by side (one per core): summed feeds/s."""
+    args = [sys.executable, "-m", "tenfold.models.feed_limit", "--repository", str(repo)]
+    args += ["--seconds", str(seconds), "--history", str(history), "--form", form]
+    procs = [
+        subprocess.Popen([*args, "--seed", str(i)], stdout=subprocess.PIPE, text=True)
+        for i in range(processes)
+    ]
+    results = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=seconds * 4 + 300)
+        if proc.returncode:
+            raise LoadTestError(f"feed_limit exited {proc.returncode}")
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    return {
+        "processes": processes,
+        "feeds_per_s": round(sum(r["feeds_per_s"] for r in results), 1),
+        "per_process": results,
+    }
+
+
+def measure(plan: FeedBenchPlan) -> dict:
+    repo = plan.repository.resolve()
+    assets = json.loads((repo / "feed_user_tower" / "feed_assets.json").read_text())
+    items = int(assets["items"])
+    cores = os.cpu_count() or 1
+    results: dict = {"stages": {}, "servers": {}}
+    for form in ("day-one", "served"):
+        print(f"in-process pipeline, {form} form (1 process)", file=sys.stderr, flush=True)
+        results["stages"][form] = limit(repo, plan.duration_s, plan.history, 1, form)
+    print(f"in-process limit: {cores} processes", file=sys.stderr, flush=True)
+    results["limit"] = limit(repo, plan.duration_s * 2, plan.history, cores, "served")
+    servers: dict[str, Callable] = {
+        f"tenfold (make run: 1 pod, {plan.gateway_workers} gateway worker)": lambda: make_run_stack(
+            repo, plan.gateway_workers
+        ),
+    }
+    for threads in plan.torch_threads:
+        servers[f"naive PyTorch, {threads} thread(s)"] = lambda t=threads: naive_feed(repo, t)
+    for label, server in servers.items():
+        print(f"{label}: starting", file=sys.stderr, flush=True)
+        with server() as (address, pids):
+            results["servers"][label] = load(address, pids, plan, items, label)
+    return results
+
+
+def _rate(entry: dict) -> float:
+    return entry["best"]["achieved"] if entry["best"] else 0.0
+
+
+def table(results: dict, plan: FeedBenchPlan) -> str:
+    servers, lim = results["servers"], results["limit"]
+    ours_label = next(k for k in servers if k.startswith("tenfold"))
+    ours = _rate(servers[ours_label])
+    naive = {k: _rate(v) for k, v in servers.items() if k.startswith("naive")}
+    best_naive = max(naive.values(), default=0.0)
+    lines = [
+        f"POST /v1/feed, 20 items, {plan.history} history items per session; "
+        f"p99 budget {plan.p99_budget_ms:g} ms; {plan.duration_s:g} s per rate\n",
+        "| server | feeds/s with p99 in budget | p50 ms | p99 ms | cores: server | "
+        "cores: generator |",
+        "| --- | ---: | ---: | ---: | --- | ---: |",
+    ]
+    for label, entry in servers.items():
+        best = entry["best"]
+        if best is None:
+            lines.append(f"| {label} | 0 (no rate in budget) | - | - | - | - |")
+            continue
+        cores = dict(best["cores"])
+        gen = cores.pop("generator")
+        split = ", ".join(f"{k} {v:.2f}" for k, v in cores.items() if v >= 0.005)
+        lines.append(
+            f"| {label} | {best['achieved']:g} | {best['p50_ms']:.1f} | {best['p99_ms']:.1f} | "
+            f"{split} | {gen:.2f} |"
+        )
+    lines.append(
+        f"| limit: in-process pipeline, {lim['processes']} processes | {lim['feeds_per_s']:g} "
+        "| - | - | - | - |"
+    )
+    lines += [
+        "",
+        f"- tenfold / best naive PyTorch: **{ours / best_naive:.2f}x** (goal 10x)"
+        if best_naive
+        else "- naive PyTorch kept no rate in budget",
+        f"- tenfold / in-process limit: **{ours / lim['feeds_per_s']:.2f}** (goal 0.80)",
+        "",
+        "Per-stage cost of one feed, in process, one thread (ms):\n",
+    ]
+    forms = results["stages"]
+    names = sorted({k for f in forms.values() for k in f["per_process"][0]["stages_ms"]})
+    lines += [
+        "| stage | " + " | ".join(forms) + " |",
+        "| --- |" + " ---: |" * len(forms),
+    ]
+    for name in names:
+        cells = [f["per_process"][0]["stages_ms"].get(name) for f in forms.values()]
+        lines.append(
+            f"| {name} | " + " | ".join("-" if c is None else f"{c:.3f}" for c in cells) + " |"
+        )
+    totals = [1000 / f["feeds_per_s"] for f in forms.values()]
+    lines.append("| **total** | " + " | ".join(f"**{t:.3f}**" for t in totals) + " |")
+    lines.append(
+        "| feeds/s on one core | "
+        + " | ".join(f"{f['feeds_per_s']:g}" for f in forms.values())
+        + " |"
+    )
+    return "\n".join(lines)
+
+
+def benchmark(plan: FeedBenchPlan, out: Path | None = None) -> dict:
+    if not (plan.repository / "feed_user_tower" / "feed_assets.json").is_file():
+        raise LoadTestError(f"{plan.repository} has no feed models: run tenfold models build")
+    started = time.time()
+    results = measure(plan)
+    results["setup"] = {
+        "cores": os.cpu_count(),
+        "generator": "tenfold loadtest, 1 process, open loop, same machine, nothing pinned",
+        "history_items": plan.history,
+        "p99_budget_ms": plan.p99_budget_ms,
+        "duration_s_per_rate": plan.duration_s,
+        "wall_s": round(time.time() - started),
+    }
+    text = table(results, plan)
+    print(text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=1) + "\n")
+        out.with_suffix(".md").write_text(text + "\n")
+    return results
