@@ -8,7 +8,7 @@ REPO ?= var/model-repository
 PYTEST_ARGS ?=
 PODS ?= 1
 
-.PHONY: install run test test-stress lint protos bench-pod bench-gateway bench-peers triton-venv clean
+.PHONY: bench-feed install run test test-stress lint protos bench-pod bench-gateway bench-peers triton-venv clean
 
 $(STAMP): pyproject.toml setup.py $(wildcard protos/*/*/*.proto protos/*/*.proto)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,11 @@ bench-pod: $(STAMP)
 
 bench-gateway: $(STAMP) $(REPO)/feed_user_tower/feed_assets.json
 	$(TENFOLD) loadtest bench gateway --repository $(REPO) --out docs/results/bench_gateway.json
+
+# POST /v1/feed: the stack make run starts vs the day-one PyTorch feed server vs the
+# in-process limit, with the CPU split and the per-stage table (docs/benchmarks.md)
+bench-feed: $(STAMP) $(REPO)/feed_user_tower/feed_assets.json
+	$(TENFOLD) loadtest bench feed --repository $(REPO) --out docs/results/bench_feed.json
 
 # NVIDIA Triton (the tritonserver binary in the nvidia-pytriton wheel) for the peer
 # benchmark; its own venv because it pins numpy<2

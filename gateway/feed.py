@@ -152,6 +152,14 @@ def _top_diverse(
     return taken
 
 
+def _absent(ids: np.ndarray, others: np.ndarray, items: int) -> np.ndarray:
+    """``~np.isin(ids, others)`` for item ids in [0, items): a mask over the catalogue
+    instead of a sort (several times faster for a page's worth of ids)."""
+    mask = np.zeros(items, bool)
+    mask[others[(others >= 0) & (others < items)]] = True
+    return ~mask[ids]
+
+
 def exact_recall(embeddings: np.ndarray, vec: np.ndarray, k: int):
     """The ``k`` items nearest ``vec`` by dot product, best first, and their scores
     (CPU work over every item: run it off the event loop)."""
@@ -235,12 +243,12 @@ class FeedPipeline:
             pre = -np.arange(len(ids), dtype=np.float32)
         else:
             pool = a.pool[: s.cold_start_candidates]
-            pool = pool[~np.isin(pool, recalled)]
+            pool = pool[_absent(pool, recalled, len(a.embeddings))]
             ids = np.concatenate([recalled, pool])
             pre = np.concatenate([recall_scores, a.embeddings[pool] @ vec])
         from_recall = np.arange(len(ids)) < len(recalled)
         if seen:
-            keep = ~np.isin(ids, np.asarray(seen, dtype=np.int64))
+            keep = _absent(ids, np.asarray(seen, dtype=np.int64), len(a.embeddings))
             ids, from_recall, pre = ids[keep], from_recall[keep], pre[keep]
         if s.rank_candidates and len(ids) > s.rank_candidates:
             best = np.argpartition(-pre, s.rank_candidates - 1)[: s.rank_candidates]

@@ -105,3 +105,23 @@ def test_served_feed_beats_the_popularity_feed_on_ground_truth(quick_repo, data)
     # quick build, measured: served ~0.2 of each page in the user's true top 100,
     # popularity ~0.02; bar at 4x popularity
     assert served["in_true_top100"] > 4 * popular["in_true_top100"], (served, popular)
+
+
+def test_in_process_limit_runs_each_form_on_its_own_models(quick_repo):
+    # guards docs/benchmarks.md (feed): "day-one" is the user tower + gateway recall +
+    # the row ranker, "served" the recall model + the list ranker; each stage is timed
+    from tenfold.models.feed_limit import measure
+
+    forms = {form: measure(quick_repo, 0.5, 5, form) for form in ("day-one", "served")}
+    assert set(forms["day-one"]["stages_ms"]) == {
+        "model feed_user_tower",
+        "model feed_ranker",
+        "pipeline (Python, numpy)",
+    }
+    assert set(forms["served"]["stages_ms"]) == {
+        "model feed_recall",
+        "model feed_list_ranker",
+        "pipeline (Python, numpy)",
+    }
+    for result in forms.values():
+        assert result["feeds"] > 0 and all(v > 0 for v in result["stages_ms"].values())
