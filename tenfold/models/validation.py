@@ -4,7 +4,7 @@ preferences, photos), so a pass can be judged on quality, not only on raw output
 
 ``<model>/validation.npz`` (numpy ``savez_compressed``; formats in docs/models.md):
 
-- ``kind``: "ranker", "tower" or "image" (0-d string array)
+- ``kind``: "ranker", "tower", "image" or "generic" (0-d string array)
 - ranker: ``user_ctx``, ``history``, ``item`` (held-out impressions, model inputs),
   ``label_<head>`` FP32 0/1 per head; ``topk_user_ctx`` [U,4], ``topk_history`` [U,20],
   ``topk_items`` [U,C] (candidate item ids + 1 per user, for top-10 agreement)
@@ -12,6 +12,9 @@ preferences, photos), so a pass can be judged on quality, not only on raw output
   items, ids into ``item_embeddings.npy``)
 - image: ``calibration`` and ``held_out`` UINT8 [N,3,256,256] (training-distribution
   images for static quantisation; photos never trained on, for parity)
+- generic: the model's held-out inputs by input name; a pass is judged by the largest
+  difference of any output (the serving forms ``feed_recall`` and ``feed_list_ranker``,
+  whose ranking quality is their source models')
 
 ``<model>/pytorch/model.pt``: the trained module (``torch.save``), the PyTorch eager
 baseline of the optimizer's report.
@@ -61,6 +64,10 @@ def write_ranker(model_dir: Path, data: feed.FeedData, seed: int) -> None:
         rng.choice(data.cfg.items, (TOPK_USERS, TOPK_CANDIDATES), replace=True).astype(np.int64) + 1
     )
     _save(model_dir, "ranker", arrays)
+
+
+def write_inputs(model_dir: Path, inputs: dict[str, np.ndarray], rows: int = 256) -> None:
+    _save(model_dir, "generic", {k: np.ascontiguousarray(v[:rows]) for k, v in inputs.items()})
 
 
 def write_tower(model_dir: Path, data: feed.FeedData) -> None:

@@ -125,3 +125,37 @@ def test_in_process_limit_runs_each_form_on_its_own_models(quick_repo):
     }
     for result in forms.values():
         assert result["feeds"] > 0 and all(v > 0 for v in result["stages_ms"].values())
+
+
+@pytest.mark.parametrize("model", ["feed_recall", "feed_list_ranker"])
+def test_make_run_optimises_the_served_feed_models(quick_repo, tmp_path, model):
+    # guards docs/models.md ("Which version serves"): the build writes what the
+    # optimizer needs beside the serving forms, and `tenfold optimize --no-bench` (as
+    # the Makefile runs it) writes a version 2 whose outputs hold the generic parity
+    import shutil
+
+    import onnxruntime as ort
+
+    from optimizers.pipeline import optimize
+    from optimizers.settings import OptimizeSettings
+
+    repo = tmp_path / "repo"
+    shutil.copytree(quick_repo, repo)
+    with np.load(repo / model / "validation.npz") as v:
+        assert str(v["kind"]) == "generic"
+        feeds = {k: v[k] for k in v.files if k != "kind"}
+    assert (repo / model / "pytorch" / "model.pt").is_file()
+    outcome = optimize(repo, model, OptimizeSettings(bench=False))
+    assert outcome.version == 2
+    assert {p["name"]: p["status"] for p in outcome.passes}["cleanup"] == "kept"
+    runs = []
+    for version in ("1", "2"):
+        path = repo / model / version / "model.onnx"
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        runs.append(sess.run(None, feeds))
+    for old, new in zip(*runs, strict=True):
+        if np.issubdtype(old.dtype, np.integer):
+            same = [np.intersect1d(a, b).size / a.size for a, b in zip(old, new, strict=True)]
+            assert np.mean(same) >= 0.999
+        else:
+            np.testing.assert_allclose(new, old, atol=1e-3)
