@@ -24,9 +24,11 @@ install: $(STAMP)
 $(REPO)/feed_user_tower/feed_assets.json: | $(STAMP)
 	$(TENFOLD) models build --out $(REPO)
 
+# --pod-cores 1: make run's one pod shares this machine with the gateway and the
+# clients; tuned for all cores (2 instances) it served one ladder rung less end to end
 $(REPO)/.optimized: $(REPO)/feed_user_tower/feed_assets.json
-	$(TENFOLD) optimize feed_recall --repository $(REPO) --no-bench
-	$(TENFOLD) optimize feed_list_ranker --repository $(REPO) --no-bench
+	$(TENFOLD) optimize feed_recall --repository $(REPO) --no-bench --pod-cores 1
+	$(TENFOLD) optimize feed_list_ranker --repository $(REPO) --no-bench --pod-cores 1
 	@touch $@
 
 run: $(STAMP) $(REPO)/.optimized

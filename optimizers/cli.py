@@ -25,6 +25,10 @@ def optimize_cmd(
         int | None, typer.Option(min=0, help="Threads of every runtime in the report (0: all)")
     ] = None,
     bench: Annotated[bool | None, typer.Option(help="Measure the report's table")] = None,
+    pod_cores: Annotated[
+        int | None,
+        typer.Option(min=0, help="Cores one pod may use when tuning instances (0: all)"),
+    ] = None,
     allow_unverified: Annotated[
         bool | None, typer.Option(help="Keep passes whose parity cannot be checked here")
     ] = None,
@@ -41,7 +45,12 @@ def optimize_cmd(
     from optimizers.settings import OptimizeSettings
 
     console = Console(stderr=True)
-    overrides: dict = {"target": target, "allow_unverified": allow_unverified, "bench": bench}
+    overrides: dict = {
+        "target": target,
+        "allow_unverified": allow_unverified,
+        "bench": bench,
+        "pod_cores": pod_cores,
+    }
     if passes is not None:
         overrides["passes"] = tuple(p.strip() for p in passes.split(",") if p.strip())
     try:

@@ -271,7 +271,7 @@ def optimize(
         tuning: Tuning | None = None
         if s.target == "cpu" and "tune" in s.passes:
             step("tune threads, instances, batch sizes")
-            tuning = tune(final, judge, target.spec.max_batch_size, level)
+            tuning = tune(final, judge, target.spec.max_batch_size, level, pod_cores=s.pod_cores)
             manifest["tuning"] = asdict(tuning) | {
                 "by_batch": {str(k): v for k, v in tuning.by_batch.items()}
             }

@@ -80,6 +80,12 @@ class OptimizeSettings(BaseSettings):
         "much slower (0.05: 5%) at a serving batch size (inf: no limit; with "
         "lossy_min_speedup 0 the speed gate is off and parity alone decides)",
     )
+    pod_cores: int = Field(
+        0,
+        ge=0,
+        description="cores one pod may use, for the tuner's threads x instances (0: all of "
+        "this machine's; less where the pod shares them, e.g. with a gateway)",
+    )
     parity: ParitySettings = Field(default_factory=ParitySettings)
     quant: QuantSettings = Field(default_factory=QuantSettings)
     benchmark: BenchSettings = Field(default_factory=BenchSettings)

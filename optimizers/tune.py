@@ -30,10 +30,18 @@ def _batch_grid(max_batch: int) -> list[int]:
     return grid or [1]
 
 
-def tune(path: Path, judge: Judge, max_batch: int, level: str, seconds: float = 0.3) -> Tuning:
-    """Pick threads x instances (at most one thread per core in all) by rows/s at the
-    largest batch, then the smallest batch that reaches 90% of the best rows/s."""
-    n = cores()
+def tune(
+    path: Path,
+    judge: Judge,
+    max_batch: int,
+    level: str,
+    seconds: float = 0.3,
+    pod_cores: int = 0,
+) -> Tuning:
+    """Pick threads x instances (at most one thread per core in all, of ``pod_cores``
+    or every core) by rows/s at the largest batch, then the smallest batch that reaches
+    90% of the best rows/s."""
+    n = min(pod_cores, cores()) if pod_cores else cores()
     grid = _batch_grid(max_batch)
     big = judge.sample(grid[-1])
     candidates = []

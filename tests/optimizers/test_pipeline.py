@@ -313,3 +313,14 @@ def test_cli_exits_1_when_no_pass_is_kept(repo):
     assert "version 1 stays served" in out.stderr
     assert "rejected" in out.stdout
     assert versions(repo / "feed_user_tower") == ["1"]
+
+
+def test_pod_cores_bounds_the_tuned_threads_and_instances(repo):
+    # docs/optimizers.md: the tuner tries threads x instances within the pod's cores
+    one = optimize(repo, "feed_ranker", OptimizeSettings(**FAST, pod_cores=1)).manifest
+    tried = one["tuning"]["candidates"]
+    assert tried and all(c["threads"] * c["instances"] <= 1 for c in tried)
+    assert "count: 1" in one["config_after"]
+    if os.cpu_count() and os.cpu_count() > 1:  # all cores: more splits are tried
+        every = optimize(repo, "feed_ranker", OptimizeSettings(**FAST)).manifest
+        assert max(c["threads"] * c["instances"] for c in every["tuning"]["candidates"]) > 1
