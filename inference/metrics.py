@@ -80,6 +80,12 @@ class InferenceMetrics:
             _LABELS,
             registry=r,
         )
+        self.batch_isolations = Counter(
+            "tenfold_inference_batch_isolations",
+            "Failed batches split to find the requests that fail (each split counted).",
+            _LABELS,
+            registry=r,
+        )
         self.model_ready = Gauge(
             "tenfold_inference_model_ready",
             "1 when the model version is loaded and warmed up, else 0.",
@@ -104,6 +110,7 @@ class ModelObserver:
         self._batch = metrics.batch_size.labels(**labels)
         self._request = metrics.request_seconds.labels(**labels)
         self._success = metrics.success.labels(**labels)
+        self._isolations = metrics.batch_isolations.labels(**labels)  # shown from 0
 
     def queued(self, depth: int) -> None:
         self._pending.set(depth)
@@ -115,6 +122,9 @@ class ModelObserver:
 
     def computed(self, compute_s: float) -> None:
         self._compute.observe(compute_s)
+
+    def isolated(self, requests: int) -> None:
+        self._isolations.inc()
 
     def finished(self, seconds: float) -> None:
         self._success.inc()

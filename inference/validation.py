@@ -24,6 +24,25 @@ def _bytes_to_str(array: np.ndarray, name: str) -> np.ndarray:
     return out.reshape(array.shape)
 
 
+def _check_range(name: str, data: np.ndarray, ranges: tuple[tuple[int, int], ...]) -> None:
+    """Refuse values outside the declared range (ONNX Runtime's Gather would fail the
+    whole batch on a too-large id, and silently wrap a negative one)."""
+    if not data.size:
+        return
+    lo = np.array([r[0] for r in ranges], dtype=np.int64)
+    hi = np.array([r[1] for r in ranges], dtype=np.int64)
+    if len(ranges) == 1:
+        lo, hi = lo[0], hi[0]
+    bad = (data < lo) | (data > hi)
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        low, high = ranges[where[-1] if len(ranges) > 1 else 0]
+        raise InvalidInput(
+            f"input '{name}': value {int(data[where])} at index {list(where)} is outside "
+            f"[{low}, {high}]"
+        )
+
+
 def model_inputs(spec: ModelSpec, request: InferRequest) -> tuple[dict[str, np.ndarray], int]:
     """The arrays to feed the model, and the number of rows the request carries."""
     feed: dict[str, np.ndarray] = {}
@@ -69,6 +88,8 @@ def model_inputs(spec: ModelSpec, request: InferRequest) -> tuple[dict[str, np.n
         data = tensor.data
         if expected.datatype == "BYTES":
             data = _bytes_to_str(data, tensor.name)
+        elif expected.value_range is not None:
+            _check_range(tensor.name, data, expected.value_range)
         feed[tensor.name] = data
     missing = [t.name for t in spec.inputs if t.name not in feed and not t.optional]
     if missing:

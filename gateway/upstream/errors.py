@@ -37,8 +37,11 @@ class UpstreamError(Exception):
 def from_status(code: str, details: str, pool: str) -> UpstreamError:
     """An endpoint answered gRPC status ``code`` (a name, e.g. ``UNAVAILABLE``)."""
     policy = _POLICY.get(code)
-    if policy is None:  # INTERNAL, UNKNOWN, ...: the pod's problem, not the client's
-        return UpstreamError(InternalError(f"pool {pool!r} failed"), False, True)
+    if policy is None:
+        # INTERNAL, UNKNOWN, ...: a 500 for this request, with the pod's reason. Not
+        # retried and not held against the endpoint: one request's input can cause it
+        # (a pod that is really broken stops answering, which is UNAVAILABLE)
+        return UpstreamError(InternalError(f"pool {pool!r}: {details or code}"), False, False)
     return UpstreamError(error_for_code(code, details or code), *policy)
 
 

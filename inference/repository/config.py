@@ -7,6 +7,8 @@ model lives in ``autocomplete``.
 
 from __future__ import annotations
 
+import dataclasses
+
 from inference.protocol.datatypes import from_config_type
 from inference.repository.errors import RepositoryError
 from inference.repository.model import ModelDir
@@ -15,6 +17,11 @@ from protos.kserve.v2 import model_config_pb2
 
 ONNX_PLATFORM = "onnxruntime_onnx"
 ONNX_BACKEND = "onnxruntime"
+#: ``parameters { key: "tenfold.value_range.<input>" value { string_value: "lo:hi" } }``
+#: (every element) or ``"lo:hi,lo:hi,..."`` (one per position of the last dimension):
+#: the integer values an input may hold, inclusive; the pod refuses others (400)
+RANGE_PREFIX = "tenfold.value_range."
+_INTEGER = {"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
 
 
 def _tensor(model: str, kind: str, tensor, batched: bool) -> TensorSpec:
@@ -40,6 +47,38 @@ def _tensor(model: str, kind: str, tensor, batched: bool) -> TensorSpec:
             )
     optional = bool(getattr(tensor, "optional", False))
     return TensorSpec(tensor.name, datatype, dims, reshape, optional)
+
+
+def _value_ranges(model: str, config, inputs: tuple[TensorSpec, ...]) -> tuple[TensorSpec, ...]:
+    """``inputs`` with the value ranges the config's parameters declare."""
+    by_name = {t.name: t for t in inputs}
+    for key, value in config.parameters.items():
+        if not key.startswith(RANGE_PREFIX):
+            continue
+        name = key[len(RANGE_PREFIX) :]
+        tensor = by_name.get(name)
+        if tensor is None or tensor.datatype not in _INTEGER:
+            raise RepositoryError(model, f"parameter {key!r}: no integer input named {name!r}")
+        text = value.string_value
+        try:
+            ranges = tuple(
+                (int(lo), int(hi)) for lo, hi in (part.split(":") for part in text.split(","))
+            )
+        except ValueError:
+            raise RepositoryError(
+                model, f"parameter {key!r}: {text!r} is not lo:hi or lo:hi,lo:hi,..."
+            ) from None
+        if any(lo > hi for lo, hi in ranges):
+            raise RepositoryError(model, f"parameter {key!r}: a range has lo > hi in {text!r}")
+        last = tensor.dims[-1] if tensor.dims else 1
+        if len(ranges) > 1 and last != len(ranges):
+            raise RepositoryError(
+                model,
+                f"parameter {key!r}: {len(ranges)} ranges, but the last dimension of "
+                f"{name!r} is {last}",
+            )
+        by_name[name] = dataclasses.replace(tensor, value_range=ranges)
+    return tuple(by_name[t.name] for t in inputs)
 
 
 def _prod(dims) -> int:
@@ -97,6 +136,7 @@ def to_spec(model_dir: ModelDir, config: model_config_pb2.ModelConfig) -> ModelS
     if not config.output:
         raise RepositoryError(model, "config has no outputs")
     inputs = tuple(_tensor(model, "input", t, batched) for t in config.input)
+    inputs = _value_ranges(model, config, inputs)
     outputs = tuple(_tensor(model, "output", t, batched) for t in config.output)
     for kind, tensors in (("input", inputs), ("output", outputs)):
         names = [t.name for t in tensors]

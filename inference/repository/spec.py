@@ -16,6 +16,9 @@ class TensorSpec:
     #: the shape the model sees (without batch dim), when the config reshapes
     reshape: tuple[int, ...] | None = None
     optional: bool = False
+    #: allowed integer values, inclusive: one (lo, hi) for every element, or one per
+    #: position of the last dimension (``parameters { key: "tenfold.value_range.<input>" }``)
+    value_range: tuple[tuple[int, int], ...] | None = None
 
     def accepts(self, shape: tuple[int, ...]) -> bool:
         return len(shape) == len(self.dims) and all(

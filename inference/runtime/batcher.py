@@ -31,6 +31,7 @@ class BatchObserver(Protocol):
     def queued(self, depth: int) -> None: ...
     def dispatched(self, rows: int, queue_times_s: Sequence[float]) -> None: ...
     def computed(self, compute_s: float) -> None: ...
+    def isolated(self, requests: int) -> None: ...
 
 
 class _NullObserver:
@@ -41,6 +42,9 @@ class _NullObserver:
         pass
 
     def computed(self, compute_s: float) -> None:
+        pass
+
+    def isolated(self, requests: int) -> None:
         pass
 
 
@@ -234,14 +238,29 @@ class DynamicBatcher:
 
     async def _run(self, batch: list[_Pending]) -> None:
         try:
-            result = await self._execute([p.inputs for p in batch], [p.rows for p in batch])
-        except Exception as exc:  # model failure: every caller in the batch learns of it
-            for pending in batch:
-                self._fail(pending, exc)
-        else:
-            self._observer.computed(result.compute_s)
-            for pending, outputs in zip(batch, result.outputs, strict=True):
-                if pending.alive():
-                    pending.future.set_result(outputs)
+            await self._isolate(batch)
         finally:
             self._slots.release()
+
+    async def _isolate(self, batch: list[_Pending]) -> None:
+        """Run ``batch``; if it fails, run its halves apart, down to single requests, so
+        only the request that causes a failure gets it (one bad input must not fail
+        the others it was batched with)."""
+        batch = [p for p in batch if p.alive()]
+        if not batch:
+            return
+        try:
+            result = await self._execute([p.inputs for p in batch], [p.rows for p in batch])
+        except Exception as exc:
+            if len(batch) == 1:
+                self._fail(batch[0], exc)
+                return
+            self._observer.isolated(len(batch))
+            half = len(batch) // 2
+            await self._isolate(batch[:half])
+            await self._isolate(batch[half:])
+            return
+        self._observer.computed(result.compute_s)
+        for pending, outputs in zip(batch, result.outputs, strict=True):
+            if pending.alive():
+                pending.future.set_result(outputs)

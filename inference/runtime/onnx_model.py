@@ -11,8 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument as ORT_INVALID_ARGUMENT
 
 from inference.protocol.datatypes import from_ort_type
+from inference.protocol.errors import InvalidInput
 from inference.repository.autocomplete import ModelIO, ModelTensorInfo
 from inference.repository.spec import ModelSpec
 
@@ -120,7 +122,13 @@ class OnnxModel:
                 merged = merged.reshape(lead + tensor.reshape)
             feed[tensor.name] = merged
         start = time.perf_counter()
-        results = session.run(self._output_names, feed)
+        try:
+            results = session.run(self._output_names, feed)
+        except ORT_INVALID_ARGUMENT as exc:  # e.g. an id past a table (Gather)
+            reason = str(exc).split("Status Message: ")[-1].strip()
+            raise InvalidInput(
+                f"model '{spec.name}': ONNX Runtime refused an input: {reason}"
+            ) from None
         compute_s = time.perf_counter() - start
         by_name = {}
         total = sum(rows)

@@ -26,7 +26,14 @@ from tenfold.models import effects, feed, feed_quality, validation
 from tenfold.models.export import export, parity, topk_overlap
 from tenfold.models.feed_nets import MMoERanker, UserTower
 from tenfold.models.feed_serving import ListRanker, Recall, list_ranker_parity
-from tenfold.models.simulate import HISTORY, SimConfig, simulate
+from tenfold.models.simulate import (
+    HISTORY,
+    N_DEVICES,
+    N_HOURS,
+    N_NETWORKS,
+    SimConfig,
+    simulate,
+)
 
 PARITY_TOLERANCE = 1e-4
 COLD_START_POOL = 500
@@ -261,9 +268,38 @@ def _export_feed(out, data, ranker, two_tower, embeddings, pool):
     (ranker_dir / "config.pbtxt").write_text(RANKER_CONFIG % {"history": HISTORY})
 
     modules, held = export_serving_forms(out, tower, ranker, embeddings, user_inputs, ranker_inputs)
+    write_value_ranges(out, data.cfg.users, data.cfg.items)
     modules.update({"feed_user_tower": tower, "feed_ranker": ranker})
     held.update({"feed_user_tower": user_inputs, "feed_ranker": ranker_inputs})
     return modules, held
+
+
+#: the feed models' integer inputs (docs/models.md): ids + 1 with 0 for unknown/padding
+FEED_INPUTS = {
+    "feed_user_tower": ("user_ctx", "history"),
+    "feed_ranker": ("user_ctx", "history", "item"),
+    "feed_recall": ("user_ctx", "history"),
+    "feed_list_ranker": ("user_ctx", "history", "items"),
+}
+
+
+def write_value_ranges(out: Path, users: int, items: int) -> None:
+    """Declare each feed input's valid values in its config (``tenfold.value_range.*``
+    parameters): the pod refuses others with 400 instead of letting ONNX Runtime fail
+    the whole batch on a too-large id or wrap a negative one onto another row."""
+    ranges = {
+        "user_ctx": f"0:{users},0:{N_HOURS - 1},0:{N_DEVICES - 1},0:{N_NETWORKS - 1}",
+        "history": f"0:{items}",
+        "item": f"0:{items}",
+        "items": f"0:{items}",
+    }
+    for model, inputs in FEED_INPUTS.items():
+        with (out / model / "config.pbtxt").open("a") as config:
+            for name in inputs:
+                config.write(
+                    f'parameters {{ key: "tenfold.value_range.{name}" '
+                    f'value {{ string_value: "{ranges[name]}" }} }}\n'
+                )
 
 
 def export_serving_forms(out, tower, ranker, embeddings, user_inputs, ranker_inputs):

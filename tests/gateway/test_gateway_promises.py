@@ -366,7 +366,7 @@ def test_every_documented_metric_is_exposed_with_its_labels(make_gateway, script
     # (pod): "**Metrics** on the metrics port at `/metrics`, labelled `model` and
     # `version`: ..." -- parsed from the docs, so a renamed metric or label fails here
     gateway_doc, pod_doc = documented_gateway_metrics(), documented_pod_metrics()
-    assert len(gateway_doc) == 7 and len(pod_doc) == 8  # the parser found the lists
+    assert len(gateway_doc) == 7 and len(pod_doc) == 9  # the parser found the lists
     image = jpeg()
     # traffic that makes every labelled series appear: answers, a hedge, a retry, an
     # ejection (scripted endpoint), a shed request (a gate holding the only slot)
@@ -649,3 +649,31 @@ def timed(fn, *args) -> float:
     start = time.perf_counter()
     fn(*args)
     return time.perf_counter() - start
+
+
+def test_internal_errors_answer_500_with_the_reason_and_never_eject(make_gateway, scripted, pods):
+    # guards docs/gateway.md (Pools): endpoint faults are "connection failures and
+    # UNAVAILABLE; not INTERNAL, which one request's input can cause" (issue 19: three
+    # bad pass-through calls used to eject the pod and take the feed down)
+    gw = make_gateway(
+        pools=one_pool(scripted, pods[1]),
+        eject_after_failures=2,
+        retry_budget_min_per_s=100,
+        effects=PATIENT_EFFECTS,
+    )
+    image = jpeg()
+    scripted.set(grpc.StatusCode.INTERNAL)
+    before = scripted.calls
+    try:
+        failed = 0
+        while scripted.calls - before < 6:  # three times the ejection threshold
+            assert failed + 1 < 300, "the failing endpoint was never picked"
+            answer = post_effect(gw, image)
+            if answer.status_code != 200:
+                assert answer.status_code == 500, answer.text
+                assert "scripted: INTERNAL" in answer.text, answer.text  # the pod's reason
+                failed += 1
+    finally:
+        scripted.set("forward")
+    assert failed == scripted.calls - before  # not retried: one failed answer per call
+    assert gateway_metric(gw, "tenfold_gateway_upstream_ejections_total") == 0

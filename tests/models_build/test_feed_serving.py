@@ -6,6 +6,8 @@ PyTorch; the served feed beats the popularity feed on the simulation's ground tr
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -159,3 +161,82 @@ def test_make_run_optimises_the_served_feed_models(quick_repo, tmp_path, model):
             assert np.mean(same) >= 0.999
         else:
             np.testing.assert_allclose(new, old, atol=1e-3)
+
+
+def _ranker_body(hour: int = 20, item: int = 5) -> dict:
+    return {
+        "inputs": [
+            {"name": "user_ctx", "shape": [1, 4], "datatype": "INT64", "data": [1, hour, 0, 0]},
+            {"name": "history", "shape": [1, 20], "datatype": "INT64", "data": [0] * 20},
+            {"name": "item", "shape": [1, 1], "datatype": "INT64", "data": [item]},
+        ]
+    }
+
+
+def _burst(pod, bodies: list[dict]) -> list:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+
+    url = f"http://{pod.http}/v2/models/feed_ranker/infer"
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        return list(pool.map(lambda b: requests.post(url, json=b, timeout=60), bodies))
+
+
+@pytest.mark.integration
+def test_pod_refuses_out_of_range_ids_by_the_declared_ranges(quick_repo):
+    # guards docs/models.md (value ranges): ids past a table, and negative ids (which
+    # ONNX Runtime's Gather would wrap onto another row), are refused with 400
+    pod = start_pod(quick_repo)
+    try:
+        answers = _burst(pod, [_ranker_body(), _ranker_body(hour=77), _ranker_body(item=-5)])
+    finally:
+        assert pod.stop() == 0
+    assert answers[0].status_code == 200, answers[0].text
+    assert answers[1].status_code == 400
+    assert "input 'user_ctx': value 77 at index [0, 1] is outside [0, 23]" in answers[1].text
+    assert answers[2].status_code == 400
+    assert "input 'item': value -5 at index [0, 0] is outside [0, " in answers[2].text
+
+
+@pytest.mark.integration
+def test_one_bad_request_does_not_fail_its_batch(quick_repo, tmp_path):
+    # issue 19: 1 in 10 bad requests used to fail ~all good ones batched with them. A
+    # ranker without declared ranges, so ONNX Runtime itself fails the merged batch
+    import shutil
+
+    repo = tmp_path / "repo"
+    shutil.copytree(quick_repo / "feed_ranker", repo / "feed_ranker")
+    config = repo / "feed_ranker" / "config.pbtxt"
+    lines = config.read_text().splitlines()
+    text = "\n".join(x for x in lines if "tenfold.value_range" not in x) + "\n"
+    # a long queue delay so the 50 concurrent requests are batched together
+    text = re.sub(
+        r"max_queue_delay_microseconds: \d+", "max_queue_delay_microseconds: 300000", text
+    )
+    config.write_text(text)
+    pod = start_pod(repo)
+    try:
+        bodies = [_ranker_body(hour=77) if i % 10 == 3 else _ranker_body() for i in range(50)]
+        answers = _burst(pod, bodies)
+        metrics = requests_text(f"http://127.0.0.1:{pod.metrics_port}/metrics")
+    finally:
+        assert pod.stop() == 0
+    for i, answer in enumerate(answers):
+        if i % 10 == 3:
+            assert answer.status_code == 400, answer.text
+            assert "ONNX Runtime refused an input" in answer.text
+            assert "out of data bounds" in answer.text
+        else:
+            assert answer.status_code == 200, (i, answer.text)
+    # the bad ones were batched with good ones, and the failed batches split apart
+    isolations = re.search(
+        r"^tenfold_inference_batch_isolations_total\{[^}]*\} (\S+)", metrics, re.M
+    )
+    assert isolations and float(isolations.group(1)) >= 1
+
+
+def requests_text(url: str) -> str:
+    import requests
+
+    return requests.get(url, timeout=10).text

@@ -299,3 +299,33 @@ async def test_instances_run_batches_concurrently():
     model.gate.set()
     await asyncio.gather(*tasks)
     await batcher.stop()
+
+
+class PickyModel(FakeModel):
+    """Fails any batch holding a negative value, as ONNX Runtime fails a whole batch on
+    one out-of-range id."""
+
+    async def execute(self, parts, rows):
+        if any((p["x"] < 0).any() for p in parts):
+            async with self.changed:
+                self.batches.append(list(rows))
+            raise ValueError("index out of bounds")
+        return await super().execute(parts, rows)
+
+
+async def test_a_bad_request_fails_alone_not_its_batch():
+    model = PickyModel()
+    batcher = make(model, max_batch=16)
+    values = [-1.0 if i in (3, 7) else float(i) for i in range(10)]
+    results = await asyncio.gather(
+        *(batcher.submit(row(v), 1) for v in values), return_exceptions=True
+    )
+    await batcher.stop()
+    for value, result in zip(values, results, strict=True):
+        if value < 0:
+            assert isinstance(result, ValueError)
+        else:
+            np.testing.assert_array_equal(result["y"], np.full((1, 2), 2 * value))
+    # the 10 were batched together; the failure was bisected down to the two guilty ones
+    assert model.batches[0] == [1] * 10
+    assert [1] in model.batches and len(model.batches) < 2 * 10

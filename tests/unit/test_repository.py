@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from inference.repository.errors import RepositoryError
@@ -130,3 +132,71 @@ def test_autocomplete_keeps_given_fields(tmp_path):
     (loaded,) = load(tmp_path, "max_batch_size: 2\ninstance_group [ { count: 3 } ]")
     assert loaded.spec.max_batch_size == 2 and loaded.spec.instance_count == 3
     assert loaded.spec.batching is None  # the given config asked for no dynamic batching
+
+
+RANGED = (
+    MULTI_IO_CONFIG + 'parameters { key: "tenfold.value_range.ids" value { string_value: "%s" } }\n'
+)
+
+
+def test_value_ranges_are_read_and_enforced(tmp_path):
+    # docs/models.md (value ranges): one range for every element, or one per position
+    import numpy as np
+
+    from inference.protocol.errors import InvalidInput
+    from inference.protocol.tensors import InferRequest, Tensor
+    from inference.validation import model_inputs
+
+    write_model(tmp_path, "multi_io", multi_io(), RANGED % "0:9,0:99,-5:5")
+    (loaded,) = load_model(tmp_path / "multi_io", SETTINGS, 4)
+    assert loaded.spec.input("ids").value_range == ((0, 9), (0, 99), (-5, 5))
+    assert loaded.spec.input("x").value_range is None
+
+    def request(ids) -> InferRequest:
+        ids = np.array(ids, np.int64)
+        rows = len(ids)
+        return InferRequest(
+            "multi_io",
+            "",
+            (
+                Tensor("x", "FP32", (rows, 4), np.zeros((rows, 4), np.float32)),
+                Tensor("ids", "INT64", ids.shape, ids),
+                Tensor("tag", "BYTES", (rows, 1), np.array([[b"t"]] * rows, dtype=object)),
+            ),
+        )
+
+    feed, rows = model_inputs(loaded.spec, request([[9, 99, -5], [0, 0, 5]]))
+    assert rows == 2 and feed["ids"].tolist() == [[9, 99, -5], [0, 0, 5]]
+    for bad, where, bounds in (
+        ([[0, 0, 0], [10, 0, 0]], "[1, 0]", "[0, 9]"),
+        ([[0, -1, 0]], "[0, 1]", "[0, 99]"),
+        ([[0, 0, 6]], "[0, 2]", "[-5, 5]"),
+    ):
+        with pytest.raises(
+            InvalidInput,
+            match=re.escape(f"at index {where} is outside {bounds}"),
+        ):
+            model_inputs(loaded.spec, request(bad))
+
+
+@pytest.mark.parametrize(
+    ("value", "needle"),
+    [
+        ("0:9,0:99", "2 ranges, but the last dimension of 'ids' is 3"),
+        ("nine", "is not lo:hi"),
+        ("5:1", "lo > hi"),
+    ],
+)
+def test_bad_value_ranges_name_the_parameter(tmp_path, value, needle):
+    write_model(tmp_path, "multi_io", multi_io(), RANGED % value)
+    with pytest.raises(RepositoryError, match=needle):
+        load_model(tmp_path / "multi_io", SETTINGS, 4)
+
+
+def test_a_value_range_needs_an_integer_input(tmp_path):
+    config = MULTI_IO_CONFIG + (
+        'parameters { key: "tenfold.value_range.x" value { string_value: "0:1" } }\n'
+    )
+    write_model(tmp_path, "multi_io", multi_io(), config)
+    with pytest.raises(RepositoryError, match="no integer input named 'x'"):
+        load_model(tmp_path / "multi_io", SETTINGS, 4)
