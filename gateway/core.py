@@ -36,6 +36,8 @@ class Call:
     request_id: str
     arm: str = ""
     extra: dict = field(default_factory=dict)
+    #: the status a pass-through answer carries (the upstream's), for the metrics
+    status: int | None = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,8 @@ class GatewayCore:
         finally:
             self.metrics.inflight.labels(route).dec()
             arm = call.arm if call else ""
+            if call is not None and call.status is not None and code == "200":
+                code = str(call.status)  # a pass-through answer: the endpoint's status
             self.metrics.requests.labels(route, code, arm).inc()
             self.metrics.latency.labels(route).observe(self.clock() - start)
 
@@ -142,8 +146,11 @@ class GatewayCore:
     async def http_passthrough(
         self, model: str, request: HttpRequest, call: Call
     ) -> tuple[int, dict[str, str], bytes]:
-        """KServe v2 HTTP pass-through to an endpoint's HTTP address."""
-        return await self.upstream.http(model, request, call.deadline)
+        """KServe v2 HTTP pass-through to an endpoint's HTTP address (its status is
+        what the request is counted as)."""
+        status, headers, body = await self.upstream.http(model, request, call.deadline)
+        call.status = status
+        return status, headers, body
 
     def ready(self) -> dict[str, int]:
         """Ready endpoints per pool; the gateway is ready when every pool has one."""

@@ -517,3 +517,25 @@ def test_metrics_by_route_and_pool(gateway):
             assert set(sample.labels) - {"le"} == labels, (name, sample.labels)
     ready = requests.get(url(gateway, "/readyz"), timeout=5).json()
     assert ready == {"ready": True, "pools": {"default": 2}}
+
+
+def test_passthrough_answers_are_counted_with_the_pods_status(gateway):
+    # issue 19 (item 11): pass-through failures were all counted code="200"; and the
+    # feed models' declared value ranges make a bad id a 400 naming it (docs/models.md)
+    name = "tenfold_gateway_requests_total"
+    codes = ("200", "400")
+    before = {c: metric_total(scrape(gateway.http), name, route="infer", code=c) for c in codes}
+    body = {
+        "inputs": [
+            {"name": "user_ctx", "shape": [1, 4], "datatype": "INT64", "data": [1, 77, 0, 0]},
+            {"name": "history", "shape": [1, 20], "datatype": "INT64", "data": [0] * 20},
+            {"name": "item", "shape": [1, 1], "datatype": "INT64", "data": [3]},
+        ]
+    }
+    bad = requests.post(url(gateway, "/v2/models/feed_ranker/infer"), json=body, timeout=30)
+    assert bad.status_code == 400 and "value 77 at index [0, 1]" in bad.text
+    body["inputs"][0]["data"] = [1, 7, 0, 0]
+    good = requests.post(url(gateway, "/v2/models/feed_ranker/infer"), json=body, timeout=30)
+    assert good.status_code == 200, good.text
+    after = {c: metric_total(scrape(gateway.http), name, route="infer", code=c) for c in codes}
+    assert after == {"200": before["200"] + 1, "400": before["400"] + 1}
