@@ -198,3 +198,22 @@ async def test_admission_queue_timeout_sheds():
             async with adm.slot():
                 pass
     assert adm.inflight == 0
+
+
+@pytest.mark.parametrize("size", [256, 512])
+def test_reduced_scale_jpeg_decoding_matches_full_decoding(size):
+    # gateway/effects.py: a JPEG is decoded at the coarsest DCT scale that covers the
+    # result; same output size, pixels within 0.01 on average (0..1) of a full decode
+    import numpy as np
+
+    from gateway.effects import decode
+    from loadtest.photos import uploads
+
+    for label, data in uploads((1280, 2560)):
+        drafted = decode(data, 50_000_000, size)
+        full = decode(data, 50_000_000, size, draft=False)
+        assert drafted.shape == full.shape == (1, 3, size, size)
+        diff = np.abs(drafted - full)
+        assert float(diff.mean()) <= 0.01 and float(diff.max()) <= 0.5, label
+        if label.endswith("@2560"):  # 1/4 or 1/8 scale: a different decode, not the same one
+            assert float(diff.mean()) > 0, label
