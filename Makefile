@@ -8,7 +8,7 @@ REPO ?= var/model-repository
 PYTEST_ARGS ?=
 PODS ?= 1
 
-.PHONY: bench-feed install run test test-stress lint protos bench-pod bench-gateway bench-peers triton-venv clean
+.PHONY: bench-feed bench-effects install run test test-stress lint protos bench-pod bench-gateway bench-peers triton-venv clean
 
 $(STAMP): pyproject.toml setup.py $(wildcard protos/*/*/*.proto protos/*/*.proto)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -63,6 +63,11 @@ bench-gateway: $(STAMP) $(REPO)/feed_user_tower/feed_assets.json
 # in-process limit, with the CPU split and the per-stage table (docs/benchmarks.md)
 bench-feed: $(STAMP) $(REPO)/.optimized
 	$(TENFOLD) loadtest bench feed --repository $(REPO) --out docs/results/bench_feed.json
+
+# POST /v1/effects/cartoon: the stack make run starts vs the day-one PyTorch effects
+# server, per-stage table (docs/benchmarks.md)
+bench-effects: $(STAMP) $(REPO)/.optimized
+	$(TENFOLD) loadtest bench effects --repository $(REPO) --out docs/results/bench_effects.json
 
 # NVIDIA Triton (the tritonserver binary in the nvidia-pytriton wheel) for the peer
 # benchmark; its own venv because it pins numpy<2

@@ -132,7 +132,7 @@ def _role(proc: psutil.Process) -> str:
     for needle, role in (
         ("inference", "pod"),
         ("gateway", "gateway"),
-        ("naive_feed", "server"),
+        ("naive_", "server"),
         ("tenfold up", "supervisor"),
         (" up --repository", "supervisor"),
     ):
@@ -167,9 +167,10 @@ def _split(before: dict, after: dict, wall: float) -> dict[str, float]:
     return {k: round(v, 2) for k, v in sorted(used.items())}
 
 
-def load(address: str, server_pids: list[int], plan: FeedBenchPlan, items: int, label: str):
-    """Climb the ladder until a step misses the budget; each step's figures and CPU."""
-    spec = ScenarioSpec("feed", feed_history=plan.history, items=items)
+def load(address: str, server_pids: list[int], plan, spec: ScenarioSpec, label: str):
+    """Climb ``plan``'s ladder (``ladder()``, ``duration_s``, ``p99_budget_ms``) until a
+    step misses the budget; each step's figures and the CPU of the server and the
+    generator."""
     target = Target.parse(f"http://{address}")
     steps, best = [], None
     for rate in plan.ladder():
@@ -253,7 +254,8 @@ def measure(plan: FeedBenchPlan) -> dict:
     for label, server in servers.items():
         print(f"{label}: starting", file=sys.stderr, flush=True)
         with server() as (address, pids):
-            results["servers"][label] = load(address, pids, plan, items, label)
+            spec = ScenarioSpec("feed", feed_history=plan.history, items=items)
+            results["servers"][label] = load(address, pids, plan, spec, label)
     return results
 
 

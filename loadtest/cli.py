@@ -355,3 +355,33 @@ def bench_feed(
             gateway_workers=workers,
         )
         module.benchmark(plan, out)
+
+
+@bench.command("effects")
+def bench_effects(
+    repository: Annotated[
+        Path, typer.Option(help="model repository with the default models")
+    ] = Path("var/model-repository"),
+    duration: Annotated[float, typer.Option(help="seconds per rate")] = 5.0,
+    p99_ms: Annotated[float, typer.Option(help="p99 budget in ms")] = 500.0,
+    start_rate: Annotated[float, typer.Option(help="first rate of the ladder")] = 5.0,
+    upload: Annotated[int, typer.Option(help="long side of the JPEG uploads")] = 640,
+    out: Annotated[
+        Path | None, typer.Option(help="write JSON results here (and the tables as .md)")
+    ] = None,
+) -> None:
+    """POST /v1/effects/cartoon end to end at 256 and 512: the stack make run starts
+    against the day-one PyTorch effects server (1 and 2 torch threads), with the CPU
+    split and the per-stage cost before and after (docs/benchmarks.md)."""
+    with _exit_2_on_error():
+        _positive(duration=duration, p99_ms=p99_ms, start_rate=start_rate, upload=upload)
+        with _loadtest_extra():
+            from loadtest import bench_effects as module
+        plan = module.EffectsBenchPlan(
+            repository,
+            duration_s=duration,
+            p99_budget_ms=p99_ms,
+            start_rate=start_rate,
+            upload=upload,
+        )
+        module.benchmark(plan, out)

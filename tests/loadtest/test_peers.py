@@ -80,3 +80,34 @@ def test_triton_serves_the_models_like_onnx_runtime(quick_repo, tmp_path):
             assert check_parity(server.http, work, feeds, ref) <= work.tolerance
     finally:
         server.stop()
+
+
+@pytest.mark.integration
+def test_naive_effects_server_paints_like_the_model(quick_repo):
+    # loadtest/peers/naive_effects.py: full decode, the network in PyTorch eager, JPEG
+    # encode; its answer is the model's output on the same input (JPEG tolerance)
+    import io
+
+    import numpy as np
+    import requests
+    import torch
+    from PIL import Image, ImageOps
+
+    from loadtest.bench_effects import naive_effects
+    from loadtest.peers.naive_effects import day_one_module, render
+    from loadtest.photos import uploads
+
+    label, data = uploads((640,))[0]
+    with naive_effects(quick_repo, 1) as (address, _):
+        answer = requests.post(
+            f"http://{address}/v1/effects/cartoon?size=256", data=data, timeout=60
+        )
+    assert answer.status_code == 200 and answer.headers["content-type"] == "image/jpeg"
+    served = np.asarray(Image.open(io.BytesIO(answer.content)), np.float32)
+    assert served.shape == (256, 256, 3), label
+    module, _ = day_one_module(quick_repo)
+    torch.set_num_threads(1)
+    local = np.asarray(Image.open(io.BytesIO(render(module, data, 256))), np.float32)
+    assert np.abs(served - local).max() == 0  # the same code path, deterministic
+    fitted = ImageOps.fit(Image.open(io.BytesIO(data)).convert("RGB"), (256, 256))
+    assert np.abs(served - np.asarray(fitted, np.float32)).mean() > 5  # painted, not copied

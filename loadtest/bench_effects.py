@@ -1,0 +1,165 @@
+"""The effects endpoint end to end: the stack ``make run`` starts against the day-one
+PyTorch effects server, one run, one machine, the same uploads.
+
+    make bench-effects   # = tenfold loadtest bench effects --repository var/model-repository \\
+                         #       --out docs/results/bench_effects.json
+
+- ``tenfold``: ``tenfold up`` as ``make run`` starts it, loaded on
+  ``POST /v1/effects/cartoon?size=N`` with JPEG uploads;
+- ``naive PyTorch, N thread(s)``: loadtest/peers/naive_effects.py, full decode, the
+  day-one painting network in PyTorch eager, JPEG encode, in the handler, one request
+  at a time. Tried with 1 and 2 torch threads; its better figure counts.
+
+The uploads are the load generator's photos (loadtest/photos/) at ``--upload`` long
+side (640: 640x480 for the landscape photos). A rate ladder per server (p99 budget,
+< 1 % errors, 95 % of the rate kept) for each result size; the CPU of the server's
+processes and of the generator at every rung, as in the feed benchmark. The per-stage
+table (decode, resize, model, encode; before and after issue 14) comes from
+``python -m tenfold.models.effects_stages``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from loadtest.bench_feed import load, make_run_stack
+from loadtest.scenarios import ScenarioSpec
+from loadtest.targets import LoadTestError
+from servicekit.launcher import launch
+
+
+@dataclass(frozen=True)
+class EffectsBenchPlan:
+    repository: Path
+    duration_s: float = 5.0
+    p99_budget_ms: float = 500.0
+    start_rate: float = 5.0
+    factor: float = 1.25
+    top_rate: float = 2000.0
+    sizes: tuple[int, ...] = (256, 512)
+    upload: int = 640
+    torch_threads: tuple[int, ...] = (1, 2)
+    gateway_workers: int = 1
+
+    def ladder(self) -> list[float]:
+        rates = [self.start_rate]
+        while rates[-1] * self.factor <= self.top_rate:
+            rates.append(round(rates[-1] * self.factor, 1))
+        return rates
+
+
+@contextmanager
+def naive_effects(repo: Path, threads: int) -> Iterator[tuple[str, list[int]]]:
+    args = [sys.executable, "-m", "loadtest.peers.naive_effects", "--repository", str(repo)]
+    server = launch([*args, "--threads", str(threads)], "naive effects", timeout=300)
+    try:
+        yield server.http, [server.proc.pid]
+    finally:
+        server.stop()
+
+
+def stages(repo: Path, uploads: tuple[int, ...], size: int) -> dict:
+    """Per-stage cost, in process, one thread, before and after (effects_stages)."""
+    args = [sys.executable, "-m", "tenfold.models.effects_stages", "--repository", str(repo)]
+    args += ["--uploads", ",".join(map(str, uploads)), "--size", str(size)]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=900)
+    if out.returncode:
+        raise LoadTestError(f"effects_stages exited {out.returncode}: {out.stderr[-500:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def measure(plan: EffectsBenchPlan) -> dict:
+    repo = plan.repository.resolve()
+    print("per-stage cost (in process)", file=sys.stderr, flush=True)
+    results: dict = {"stages": stages(repo, (640, 1280), 256), "sizes": {}}
+    servers: dict[str, Callable] = {
+        f"tenfold (make run: 1 pod, {plan.gateway_workers} gateway worker)": lambda: make_run_stack(
+            repo, plan.gateway_workers
+        ),
+    }
+    for threads in plan.torch_threads:
+        servers[f"naive PyTorch, {threads} thread(s)"] = lambda t=threads: naive_effects(repo, t)
+    for size in plan.sizes:
+        results["sizes"][str(size)] = {}
+    for label, server in servers.items():
+        print(f"{label}: starting", file=sys.stderr, flush=True)
+        with server() as (address, pids):
+            for size in plan.sizes:
+                spec = ScenarioSpec("effects", image_size=size, photo_sizes=(plan.upload,))
+                entry = load(address, pids, plan, spec, f"{label} @{size}")
+                results["sizes"][str(size)][label] = entry
+    return results
+
+
+def _rate(entry: dict) -> float:
+    return entry["best"]["achieved"] if entry["best"] else 0.0
+
+
+def table(results: dict, plan: EffectsBenchPlan) -> str:
+    lines = []
+    for size, servers in results["sizes"].items():
+        ours_label = next(k for k in servers if k.startswith("tenfold"))
+        ours = _rate(servers[ours_label])
+        best_naive = max((_rate(v) for k, v in servers.items() if k.startswith("naive")), default=0)
+        lines += [
+            f"\nPOST /v1/effects/cartoon?size={size}, {plan.upload}px JPEG uploads; p99 budget "
+            f"{plan.p99_budget_ms:g} ms; {plan.duration_s:g} s per rate\n",
+            "| server | req/s with p99 in budget | p50 ms | p99 ms | cores: server | "
+            "cores: generator |",
+            "| --- | ---: | ---: | ---: | --- | ---: |",
+        ]
+        for label, entry in servers.items():
+            best = entry["best"]
+            if best is None:
+                lines.append(f"| {label} | 0 (no rate in budget) | - | - | - | - |")
+                continue
+            cores = dict(best["cores"])
+            gen = cores.pop("generator")
+            split = ", ".join(f"{k} {v:.2f}" for k, v in cores.items() if v >= 0.005)
+            lines.append(
+                f"| {label} | {best['achieved']:g} | {best['p50_ms']:.1f} | "
+                f"{best['p99_ms']:.1f} | {split} | {gen:.2f} |"
+            )
+        ratio = f"**{ours / best_naive:.2f}x**" if best_naive else "n/a"
+        lines += ["", f"- tenfold / best naive PyTorch at {size}: {ratio} (goal 5x at 256)"]
+    lines += ["", "Per-stage cost of one request, in process, one thread (ms):\n"]
+    st = results["stages"]
+    cols = [(u, form) for u in st["uploads"] for form in ("before", "after")]
+    lines.append("| stage | " + " | ".join(f"{u} {form}" for u, form in cols) + " |")
+    lines.append("| --- |" + " ---: |" * len(cols))
+    for stage in st["stage_names"]:
+        cells = [st["ms"][str(u)][form][stage] for u, form in cols]
+        lines.append(f"| {stage} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
+    totals = [sum(st["ms"][str(u)][form].values()) for u, form in cols]
+    lines.append("| **total** | " + " | ".join(f"**{t:.2f}**" for t in totals) + " |")
+    return "\n".join(lines)
+
+
+def benchmark(plan: EffectsBenchPlan, out: Path | None = None) -> dict:
+    if not (plan.repository / "effects_cartoon").is_dir():
+        raise LoadTestError(f"{plan.repository} has no effects model: run tenfold models build")
+    started = time.time()
+    results = measure(plan)
+    results["setup"] = {
+        "cores": os.cpu_count(),
+        "generator": "tenfold loadtest, 1 process, open loop, same machine, nothing pinned",
+        "upload_long_side": plan.upload,
+        "p99_budget_ms": plan.p99_budget_ms,
+        "duration_s_per_rate": plan.duration_s,
+        "wall_s": round(time.time() - started),
+    }
+    text = table(results, plan)
+    print(text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=1) + "\n")
+        out.with_suffix(".md").write_text(text.lstrip() + "\n")
+    return results

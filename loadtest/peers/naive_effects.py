@@ -1,0 +1,92 @@
+"""The "naive PyTorch effects" peer: what a team writes on day one. An aiohttp server
+whose ``POST /v1/effects/{effect}?size=N`` handler decodes the upload in full (Pillow),
+centre-crops and resizes it, runs the painting network in PyTorch eager, encodes a
+JPEG and answers, one request at a time, on the event loop, no batching. Same request
+and answer shape as tenfold's ``/v1/effects/{effect}``, so the same load reaches both.
+
+It runs the effect model of the day tenfold's effects work started (``EffectNet``, the
+network the default build trained before issue 14): ``<repository>/effects_cartoon/
+pytorch/day_one.pt`` when the build wrote one, else ``model.pt``.
+
+    python -m loadtest.peers.naive_effects --repository DIR [--threads 1] [--ready-file F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import uvloop
+from aiohttp import web
+from PIL import Image, ImageOps
+
+from servicekit.ready import ReadyState, write_ready
+from servicekit.web import json_response
+
+
+def day_one_module(repository: Path) -> tuple[torch.nn.Module, Path]:
+    folder = repository / "effects_cartoon" / "pytorch"
+    path = folder / "day_one.pt"
+    if not path.exists():
+        path = folder / "model.pt"
+    return torch.load(path, weights_only=False).eval(), path
+
+
+def render(module: torch.nn.Module, data: bytes, size: int) -> bytes:
+    image = ImageOps.exif_transpose(Image.open(io.BytesIO(data)).convert("RGB"))
+    fitted = ImageOps.fit(image, (size, size), Image.Resampling.BILINEAR)
+    x = torch.from_numpy(np.asarray(fitted, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+    with torch.inference_mode():
+        y = module(x)[0].clamp(0, 1).mul(255).add(0.5).to(torch.uint8).permute(1, 2, 0)
+    out = io.BytesIO()
+    Image.fromarray(y.numpy(), "RGB").save(out, format="JPEG", quality=90)
+    return out.getvalue()
+
+
+def create_app(module: torch.nn.Module) -> web.Application:
+    async def ready(request: web.Request) -> web.Response:
+        return json_response({"ready": True})
+
+    async def handle(request: web.Request) -> web.Response:
+        size = int(request.query.get("size", "256"))
+        body = await request.read()
+        return web.Response(body=render(module, body, size), content_type="image/jpeg")
+
+    app = web.Application(client_max_size=32 * 1024 * 1024)
+    app.router.add_get("/readyz", ready)
+    app.router.add_post("/v1/effects/{effect}", handle)
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repository", type=Path, required=True)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--ready-file", type=Path, help="write the ready state here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    module, path = day_one_module(args.repository)
+    app = create_app(module)
+
+    async def serve() -> None:
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", args.port)
+        await site.start()
+        port = runner.addresses[0][1]
+        print(f"naive effects: {path}, listening http=127.0.0.1:{port}", flush=True)
+        state = ReadyState("naive-effects", os.getpid(), "ready", "127.0.0.1", {"http": port})
+        write_ready(args.ready_file, state)
+        await asyncio.Event().wait()  # until killed
+
+    uvloop.run(serve())
+
+
+if __name__ == "__main__":
+    main()

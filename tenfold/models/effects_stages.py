@@ -1,0 +1,116 @@
+"""Where an effects request's time goes, stage by stage, in process on one thread:
+decode, resize (centre crop + fit), model, encode; "before" (full JPEG decode, the
+day-one painting network) and "after" (reduced-scale decode, the served network).
+
+    python -m tenfold.models.effects_stages --repository var/model-repository \\
+        [--uploads 640,1280] [--size 256]
+
+prints one JSON object (``ms[upload][form][stage]``). The day-one network is
+``effects_cartoon/pytorch/day_one.pt`` (exported to ONNX here) when the build wrote
+one, else the served model stands for both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import onnxruntime as ort
+from PIL import Image, ImageOps
+
+from gateway.effects import decode, encode
+from loadtest.photos import uploads
+
+STAGES = ("decode", "resize", "model", "encode")
+BILINEAR = Image.Resampling.BILINEAR  # as the gateway fits
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _served(repository: Path) -> Path:
+    model = repository / "effects_cartoon"
+    version = max(int(p.name) for p in model.iterdir() if p.name.isdigit())
+    return model / str(version) / "model.onnx"
+
+
+def _day_one(repository: Path, work: Path) -> Path:
+    source = repository / "effects_cartoon" / "pytorch" / "day_one.pt"
+    if not source.exists():
+        return _served(repository)
+    import torch
+
+    module = torch.load(source, weights_only=False).eval()
+    path = work / "day_one.onnx"
+    torch.onnx.export(
+        module,
+        (torch.rand(1, 3, 256, 256),),
+        str(path),
+        input_names=["image"],
+        output_names=["output"],
+        dynamic_axes={"image": {0: "b", 2: "h", 3: "w"}, "output": {0: "b", 2: "h", 3: "w"}},
+        opset_version=17,
+        dynamo=False,
+    )
+    return path
+
+
+def _ms(fn, repeat: int) -> float:
+    fn()
+    start = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return 1000 * (time.perf_counter() - start) / repeat
+
+
+def measure(repository: Path, upload_sides: tuple[int, ...], size: int, repeat: int = 20) -> dict:
+    photos = dict(uploads(upload_sides))
+    with tempfile.TemporaryDirectory() as work:
+        sessions = {"before": _session(_day_one(repository, Path(work))), "after": None}
+        sessions["after"] = _session(_served(repository))
+        out: dict = {"uploads": list(upload_sides), "size": size, "stage_names": list(STAGES)}
+        out["ms"] = {}
+        for side in upload_sides:
+            data = next(v for k, v in photos.items() if k.endswith(f"@{side}"))
+            out["ms"][str(side)] = {}
+            for form, draft in (("before", False), ("after", True)):
+                with Image.open(io.BytesIO(data)) as probe:
+                    if draft:
+                        probe.draft("RGB", (size, size))
+                    decoded = ImageOps.exif_transpose(probe.convert("RGB"))
+                fit = _ms(lambda d=decoded: ImageOps.fit(d, (size, size), BILINEAR), repeat)
+                whole = _ms(lambda dr=draft, raw=data: decode(raw, 10**9, size, draft=dr), repeat)
+                image = decode(data, 10**9, size, draft=draft)
+                session = sessions[form]
+                name = session.get_inputs()[0].name
+                feeds = {name: image}
+                model = _ms(lambda s=session, f=feeds: s.run(None, f), repeat)
+                result = session.run(None, {name: image})[0][0]
+                out["ms"][str(side)][form] = {
+                    "decode": max(0.0, whole - fit),
+                    "resize": fit,
+                    "model": model,
+                    "encode": _ms(lambda r=result: encode(r, "jpeg"), repeat),
+                }
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repository", type=Path, default=Path("var/model-repository"))
+    parser.add_argument("--uploads", default="640,1280", help="long sides of the uploads")
+    parser.add_argument("--size", type=int, default=256)
+    args = parser.parse_args()
+    sides = tuple(int(x) for x in args.uploads.split(","))
+    print(json.dumps(measure(args.repository, sides, args.size)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
