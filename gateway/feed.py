@@ -34,7 +34,7 @@ class FeedBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     user_id: str | int = Field(description="the user; unknown users get the cold-start pool")
-    count: int = Field(20, ge=1, le=100, description="items wanted")
+    count: int = Field(20, ge=1, le=100, strict=True, description="items wanted")
     context: FeedContextBody = Field(default_factory=FeedContextBody)
     history: list[ItemId] = Field(
         default_factory=list, max_length=1000, description="recent positives, newest last"
@@ -131,7 +131,9 @@ def _user_index(user_id: str | int, users: int) -> int | None:
     text = str(user_id).strip()
     if not text:
         raise InvalidInput("user_id: must not be empty")
-    if text.isdigit() and int(text) < users:
+    # ASCII decimal digits only ("²".isdigit() is True and int() refuses it) and at
+    # most 19 of them (int() refuses over 4,300 digits): anything else is a new user
+    if text.isascii() and text.isdecimal() and len(text) <= 19 and int(text) < users:
         return int(text)
     return None
 
