@@ -13,19 +13,15 @@ pytorch/day_one.pt`` when the build wrote one, else ``model.pt``.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import io
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
-import uvloop
 from aiohttp import web
 from PIL import Image, ImageOps
 
-from servicekit.ready import ReadyState, write_ready
+from loadtest.peers.serving import peer_arguments, serve
 from servicekit.web import json_response
 
 
@@ -64,28 +60,11 @@ def create_app(module: torch.nn.Module) -> web.Application:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repository", type=Path, required=True)
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--ready-file", type=Path, help="write the ready state here")
-    args = parser.parse_args()
+    args = peer_arguments(__doc__.split("\n\n")[0]).parse_args()
     torch.set_num_threads(args.threads)
     module, path = day_one_module(args.repository)
-    app = create_app(module)
-
-    async def serve() -> None:
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", args.port)
-        await site.start()
-        port = runner.addresses[0][1]
-        print(f"naive effects: {path}, listening http=127.0.0.1:{port}", flush=True)
-        state = ReadyState("naive-effects", os.getpid(), "ready", "127.0.0.1", {"http": port})
-        write_ready(args.ready_file, state)
-        await asyncio.Event().wait()  # until killed
-
-    uvloop.run(serve())
+    print(f"naive effects: serving {path}", flush=True)
+    serve(create_app(module), "naive effects", args.port, args.ready_file)
 
 
 if __name__ == "__main__":

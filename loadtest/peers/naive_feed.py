@@ -12,18 +12,14 @@ as tenfold's ``/v1/feed`` so the same load reaches both.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
-import uvloop
 from aiohttp import web
 
-from servicekit.ready import ReadyState, write_ready
+from loadtest.peers.serving import peer_arguments, serve
 from servicekit.web import json_response
 
 HEADS = ("p_finish", "p_like", "p_share", "watch")
@@ -103,27 +99,9 @@ def create_app(feed: NaiveFeed) -> web.Application:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repository", type=Path, required=True)
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--ready-file", type=Path, help="write the ready state here")
-    args = parser.parse_args()
+    args = peer_arguments(__doc__.split("\n\n")[0]).parse_args()
     torch.set_num_threads(args.threads)
-    app = create_app(NaiveFeed(args.repository))
-
-    async def serve() -> None:
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", args.port)
-        await site.start()
-        port = runner.addresses[0][1]
-        print(f"naive feed: listening http=127.0.0.1:{port}", flush=True)
-        state = ReadyState("naive-feed", os.getpid(), "ready", "127.0.0.1", {"http": port})
-        write_ready(args.ready_file, state)
-        await asyncio.Event().wait()  # until killed
-
-    uvloop.run(serve())
+    serve(create_app(NaiveFeed(args.repository)), "naive feed", args.port, args.ready_file)
 
 
 if __name__ == "__main__":

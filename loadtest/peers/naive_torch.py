@@ -8,21 +8,17 @@ tenfold's own codec so the protocol costs the same) for the same load to reach i
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
-import uvloop
 from aiohttp import web
 
 from inference.protocol.datatypes import kserve_datatype
 from inference.protocol.kserve_http import decode_request, encode_response
 from inference.protocol.tensors import InferResponse, Tensor
 from loadtest.peers import served_model
-from servicekit.ready import ReadyState, write_ready
+from loadtest.peers.serving import peer_arguments, serve
 from servicekit.web import json_response
 
 
@@ -82,29 +78,12 @@ def create_app(models: dict[str, Model]) -> web.Application:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repository", type=Path, required=True)
+    parser = peer_arguments(__doc__.split("\n\n")[0], threads=2)
     parser.add_argument("--models", required=True, help="comma-separated model names")
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--ready-file", type=Path, help="write the ready state here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     models = {n: Model(args.repository / n) for n in args.models.split(",")}
-    app = create_app(models)
-
-    async def serve() -> None:
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", args.port)
-        await site.start()
-        port = runner.addresses[0][1]
-        print(f"naive torch: listening http=127.0.0.1:{port}", flush=True)
-        state = ReadyState("naive-torch", os.getpid(), "ready", "127.0.0.1", {"http": port})
-        write_ready(args.ready_file, state)
-        await asyncio.Event().wait()  # until killed
-
-    uvloop.run(serve())
+    serve(create_app(models), "naive torch", args.port, args.ready_file)
 
 
 if __name__ == "__main__":
