@@ -30,7 +30,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from loadtest.bench_feed import load, make_run_stack
+from loadtest.bench_feed import best_rate, load, make_run_stack, server_header, server_rows
+from loadtest.bench_peers import ladder
 from loadtest.scenarios import ScenarioSpec
 from loadtest.targets import LoadTestError
 from servicekit.launcher import launch
@@ -49,11 +50,8 @@ class EffectsBenchPlan:
     torch_threads: tuple[int, ...] = (1, 2)
     gateway_workers: int = 1
 
-    def ladder(self) -> list[float]:
-        rates = [self.start_rate]
-        while rates[-1] * self.factor <= self.top_rate:
-            rates.append(round(rates[-1] * self.factor, 1))
-        return rates
+    def ladder(self) -> tuple[float, ...]:
+        return ladder(self.start_rate, self.factor, self.top_rate)
 
 
 @contextmanager
@@ -99,35 +97,20 @@ def measure(plan: EffectsBenchPlan) -> dict:
     return results
 
 
-def _rate(entry: dict) -> float:
-    return entry["best"]["achieved"] if entry["best"] else 0.0
-
-
 def table(results: dict, plan: EffectsBenchPlan) -> str:
     lines = []
     for size, servers in results["sizes"].items():
         ours_label = next(k for k in servers if k.startswith("tenfold"))
-        ours = _rate(servers[ours_label])
-        best_naive = max((_rate(v) for k, v in servers.items() if k.startswith("naive")), default=0)
+        ours = best_rate(servers[ours_label])
+        best_naive = max(
+            (best_rate(v) for k, v in servers.items() if k.startswith("naive")), default=0
+        )
         lines += [
             f"\nPOST /v1/effects/cartoon?size={size}, {plan.upload}px JPEG uploads; p99 budget "
             f"{plan.p99_budget_ms:g} ms; {plan.duration_s:g} s per rate\n",
-            "| server | req/s with p99 in budget | p50 ms | p99 ms | cores: server | "
-            "cores: generator |",
-            "| --- | ---: | ---: | ---: | --- | ---: |",
+            *server_header("req/s"),
+            *server_rows(servers),
         ]
-        for label, entry in servers.items():
-            best = entry["best"]
-            if best is None:
-                lines.append(f"| {label} | 0 (no rate in budget) | - | - | - | - |")
-                continue
-            cores = dict(best["cores"])
-            gen = cores.pop("generator")
-            split = ", ".join(f"{k} {v:.2f}" for k, v in cores.items() if v >= 0.005)
-            lines.append(
-                f"| {label} | {best['achieved']:g} | {best['p50_ms']:.1f} | "
-                f"{best['p99_ms']:.1f} | {split} | {gen:.2f} |"
-            )
         ratio = f"**{ours / best_naive:.2f}x**" if best_naive else "n/a"
         lines += ["", f"- tenfold / best naive PyTorch at {size}: {ratio} (goal 5x at 256)"]
     lines += ["", "Per-stage cost of one request, in process, one thread (ms):\n"]

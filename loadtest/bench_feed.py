@@ -39,6 +39,7 @@ from pathlib import Path
 import psutil
 import requests
 
+from loadtest.bench_peers import ladder
 from loadtest.runner import RunPlan, run
 from loadtest.scenarios import ScenarioSpec
 from loadtest.targets import LoadTestError, Target
@@ -57,11 +58,8 @@ class FeedBenchPlan:
     torch_threads: tuple[int, ...] = (1, 2)
     gateway_workers: int = 1  # what `tenfold up` (make run) starts
 
-    def ladder(self) -> list[float]:
-        rates = [self.start_rate]
-        while rates[-1] * self.factor <= self.top_rate:
-            rates.append(round(rates[-1] * self.factor, 1))
-        return rates
+    def ladder(self) -> tuple[float, ...]:
+        return ladder(self.start_rate, self.factor, self.top_rate)
 
 
 def _free_port() -> int:
@@ -259,35 +257,49 @@ def measure(plan: FeedBenchPlan) -> dict:
     return results
 
 
-def _rate(entry: dict) -> float:
+def best_rate(entry: dict) -> float:
+    """The highest rate a server kept within the budget (0 if none)."""
     return entry["best"]["achieved"] if entry["best"] else 0.0
+
+
+def server_header(unit: str) -> list[str]:
+    return [
+        f"| server | {unit} with p99 in budget | p50 ms | p99 ms | cores: server | "
+        "cores: generator |",
+        "| --- | ---: | ---: | ---: | --- | ---: |",
+    ]
+
+
+def server_rows(servers: dict) -> list[str]:
+    """One table row per server: its best rung, latency and CPU split (from ``load``)."""
+    rows = []
+    for label, entry in servers.items():
+        best = entry["best"]
+        if best is None:
+            rows.append(f"| {label} | 0 (no rate in budget) | - | - | - | - |")
+            continue
+        cores = dict(best["cores"])
+        gen = cores.pop("generator")
+        split = ", ".join(f"{k} {v:.2f}" for k, v in cores.items() if v >= 0.005)
+        rows.append(
+            f"| {label} | {best['achieved']:g} | {best['p50_ms']:.1f} | {best['p99_ms']:.1f} | "
+            f"{split} | {gen:.2f} |"
+        )
+    return rows
 
 
 def table(results: dict, plan: FeedBenchPlan) -> str:
     servers, lim = results["servers"], results["limit"]
     ours_label = next(k for k in servers if k.startswith("tenfold"))
-    ours = _rate(servers[ours_label])
-    naive = {k: _rate(v) for k, v in servers.items() if k.startswith("naive")}
+    ours = best_rate(servers[ours_label])
+    naive = {k: best_rate(v) for k, v in servers.items() if k.startswith("naive")}
     best_naive = max(naive.values(), default=0.0)
     lines = [
         f"POST /v1/feed, 20 items, {plan.history} history items per session; "
         f"p99 budget {plan.p99_budget_ms:g} ms; {plan.duration_s:g} s per rate\n",
-        "| server | feeds/s with p99 in budget | p50 ms | p99 ms | cores: server | "
-        "cores: generator |",
-        "| --- | ---: | ---: | ---: | --- | ---: |",
+        *server_header("feeds/s"),
     ]
-    for label, entry in servers.items():
-        best = entry["best"]
-        if best is None:
-            lines.append(f"| {label} | 0 (no rate in budget) | - | - | - | - |")
-            continue
-        cores = dict(best["cores"])
-        gen = cores.pop("generator")
-        split = ", ".join(f"{k} {v:.2f}" for k, v in cores.items() if v >= 0.005)
-        lines.append(
-            f"| {label} | {best['achieved']:g} | {best['p50_ms']:.1f} | {best['p99_ms']:.1f} | "
-            f"{split} | {gen:.2f} |"
-        )
+    lines += server_rows(servers)
     lines.append(
         f"| limit: in-process pipeline, {lim['processes']} processes | {lim['feeds_per_s']:g} "
         "| - | - | - | - |"
