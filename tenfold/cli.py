@@ -19,6 +19,7 @@ GROUPS = {
     "gateway": "gateway.cli:app",
     "models": "tenfold.models.cli:app",
     "loadtest": "loadtest.cli:app",
+    "mesh": "mesh.cli:app",
 }
 COMMANDS = {"optimize": "optimizers.cli:optimize_cmd"}
 

@@ -1,0 +1,57 @@
+"""``tenfold mesh ...`` commands: the control plane, and Envoy's bootstrap."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    help="The service mesh: tenfold's xDS control plane and the Envoy edge it drives.",
+    no_args_is_help=True,
+)
+
+
+@app.command()
+def serve(
+    config: Annotated[
+        Path | None, typer.Option("--config", help="Mesh YAML (listeners, pools, routes)")
+    ] = None,
+    xds_host: Annotated[str, typer.Option(help="xDS listen address")] = "127.0.0.1",
+    xds_port: Annotated[int, typer.Option(help="xDS (ADS) gRPC port (0 = any free)")] = 18000,
+    admin_port: Annotated[
+        int, typer.Option(help="Admin HTTP port on loopback (0 = any free)")
+    ] = 18001,
+    ready_file: Annotated[
+        Path | None,
+        typer.Option(help="Write the ready state (JSON: state, ports) here, for launchers"),
+    ] = None,
+) -> None:
+    """Serve xDS to Envoy (and the gateways) until SIGTERM; change a pool's endpoints
+    with ``PUT /v1/pools/{pool}/endpoints`` on the admin port."""
+    from mesh.config import MeshConfigError, load_mesh_file
+    from mesh.service import MeshSettings, run_mesh
+
+    try:
+        mesh = load_mesh_file(config)
+    except MeshConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    settings = MeshSettings(xds_host=xds_host, xds_port=xds_port, admin_port=admin_port)
+    raise typer.Exit(run_mesh(mesh, settings, ready_file))
+
+
+@app.command()
+def bootstrap(
+    xds: Annotated[str, typer.Option(help="host:port of the control plane's xDS server")],
+    node_id: Annotated[str, typer.Option(help="Envoy's node id")] = "tenfold-edge",
+    admin_port: Annotated[int, typer.Option(help="Envoy admin port on loopback")] = 9901,
+) -> None:
+    """Print Envoy's bootstrap (JSON): only the ADS cluster; everything else over xDS."""
+    import json
+
+    from mesh.envoy import bootstrap as make
+
+    host, _, port = xds.rpartition(":")
+    typer.echo(json.dumps(make(node_id, host, int(port), admin_port), indent=2))

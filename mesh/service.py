@@ -1,0 +1,107 @@
+"""The control plane as a servicekit ``Service``: the ADS gRPC server and the admin
+HTTP API over one endpoint store and snapshot cache, built in one place."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from aiohttp import web
+
+from mesh.admin import create_admin_app
+from mesh.cache import SnapshotCache
+from mesh.config import MeshFile
+from mesh.discovery import DiscoveryServer
+from mesh.metrics import MeshMetrics
+from mesh.snapshot import SnapshotError
+from mesh.store import EndpointStore
+from servicekit.runloop import StartError
+
+NAME = "mesh"
+
+
+@dataclass(frozen=True)
+class MeshSettings:
+    #: the xDS (ADS) server's address; Envoy and the gateways connect here
+    xds_host: str = "127.0.0.1"
+    xds_port: int = 18000
+    #: the admin API is on loopback only
+    admin_port: int = 18001
+    drain_timeout_s: float = 5.0
+
+
+class MeshService:
+    def __init__(self, mesh: MeshFile, settings: MeshSettings, clock=time.monotonic) -> None:
+        self.settings = settings
+        self.metrics = MeshMetrics()
+        self.cache = SnapshotCache(clock)
+        try:
+            self.store = EndpointStore(mesh.config(), self.cache)
+            for pool, members in mesh.endpoints.items():
+                self.store.set_endpoints(pool, members)
+        except SnapshotError as exc:
+            raise StartError(f"mesh config gives an inconsistent snapshot: {exc}") from None
+        for pool, members in self.store.endpoints().items():
+            self.metrics.endpoints.labels(pool).set(len(members))
+        self.metrics.snapshots.inc(self.cache.published)
+        self.store.subscribe(lambda pool, members: self.metrics.snapshots.inc())
+        self.discovery = DiscoveryServer(self.cache, self.metrics, clock)
+        self._grpc: grpc.aio.Server | None = None
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def host(self) -> str:
+        return self.settings.xds_host
+
+    async def start(self) -> Mapping[str, int]:
+        options = [("grpc.max_send_message_length", 64 << 20), ("grpc.so_reuseport", 0)]
+        self._grpc = grpc.aio.server(options=options)
+        self.discovery.add_to(self._grpc)
+        address = f"{self.settings.xds_host}:{self.settings.xds_port}"
+        try:
+            xds_port = self._grpc.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise StartError(f"cannot listen on {address}: {exc}") from None
+        await self._grpc.start()
+        self._runner = web.AppRunner(
+            create_admin_app(self.store, self.metrics), access_log=None, handle_signals=False
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", self.settings.admin_port)
+        try:
+            await site.start()
+        except OSError as exc:
+            where = f"127.0.0.1:{self.settings.admin_port}"
+            raise StartError(f"cannot listen on {where}: {exc}") from None
+        admin_port = self._runner.addresses[0][1]
+        return {"grpc": xds_port, "http": admin_port}
+
+    def listening(self, ports: Mapping[str, int]) -> str:
+        return f"listening xds={self.host}:{ports['grpc']} admin=127.0.0.1:{ports['http']}"
+
+    async def prepare(self) -> str:
+        sizes = ", ".join(f"{p} ({len(e)})" for p, e in self.store.endpoints().items())
+        return f"ready, snapshot {self.store.version}, pools: {sizes}"
+
+    async def drain(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._grpc is not None:
+            await self._grpc.stop(self.settings.drain_timeout_s)
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._grpc is not None:
+            await self._grpc.stop(0)
+
+
+def run_mesh(mesh: MeshFile, settings: MeshSettings, ready_file: Path | None) -> int:
+    from servicekit.logs import setup_logging
+    from servicekit.runloop import RunOptions, run
+
+    setup_logging()
+    return run(NAME, lambda: MeshService(mesh, settings), RunOptions(ready_file))
