@@ -22,7 +22,10 @@ class EndpointSettings(BaseModel):
 
 
 class PoolSettings(BaseModel):
-    endpoints: list[EndpointSettings] = Field(description="the pool's endpoints")
+    endpoints: list[EndpointSettings] = Field(
+        default_factory=list,
+        description="the pool's endpoints (with `xds`: the first ones, until the mesh says)",
+    )
     models: list[str] = Field(
         default_factory=list, description="models served by this pool (for pass-through)"
     )
@@ -146,6 +149,15 @@ class GatewaySettings(BaseSettings):
     tenants: list[TenantSettings] = Field(default_factory=list, description="API keys")
     experiments: list[ExperimentSettings] = Field(default_factory=list, description="A/B tests")
     drain_timeout_s: float = Field(10, ge=0, description="longest wait for in-flight on stop")
+    xds: str | None = Field(
+        None,
+        description="host:port of the mesh control plane: pools follow its endpoint sets "
+        "(None = the static endpoints above)",
+    )
+    xds_node_id: str = Field("tenfold-gateway", description="node id sent to the mesh")
+    xds_wait_s: float = Field(
+        5.0, ge=0, description="longest wait at start for the mesh's first endpoint sets"
+    )
 
     @model_validator(mode="after")
     def _pools_exist(self) -> GatewaySettings:

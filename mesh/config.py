@@ -146,6 +146,11 @@ class MeshConfig(Strict):
     kserve_direct: bool = Field(
         True, description="KServe v2 HTTP calls go straight to the pool serving the model"
     )
+    upstream_header: bool = Field(
+        False,
+        description="answer with x-tenfold-upstream: the address that served it (debugging; "
+        "it shows internal addresses to clients)",
+    )
 
     @field_validator("pools")
     @classmethod

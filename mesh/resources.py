@@ -32,6 +32,7 @@ from mesh.config import GATEWAY_POOL, Endpoint, Listener, MeshConfig, PoolConfig
 
 TYPE = "type.googleapis.com/"
 CONNECTION_LIMIT = TYPE + "envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit"
+UPSTREAM_HEADER = "x-tenfold-upstream"
 #: the endpoint metadata namespace with a pod's two addresses
 METADATA = "tenfold"
 ADS = {"ads": {}, "resource_api_version": "V3"}
@@ -128,7 +129,7 @@ def _action(cluster: str, timeout_s: float, retry: PoolConfig | None, grpc: bool
                     },
                 }
             ],
-            "host_selection_retry_max_attempts": 3,
+            "host_selection_retry_max_attempts": 5,
             "retriable_status_codes": policy.retriable_status_codes,
         }
         if policy.per_try_timeout_s:
@@ -154,11 +155,11 @@ def route_configuration(config: MeshConfig, listener: str) -> route_pb2.RouteCon
     routes = kserve_routes(config) if (config.kserve_direct and not grpc) else []
     for i, route in enumerate(r for r in config.routes if r.listener == listener):
         routes.append(_route(config, route, i, grpc))
-    doc = {
-        "name": listener,
-        "virtual_hosts": [{"name": listener, "domains": ["*"], "routes": routes}],
-    }
-    return _parse(doc, route_pb2.RouteConfiguration())
+    host: dict = {"name": listener, "domains": ["*"], "routes": routes}
+    if config.upstream_header:
+        header = {"key": UPSTREAM_HEADER, "value": "%UPSTREAM_REMOTE_ADDRESS%"}
+        host["response_headers_to_add"] = [{"header": header}]
+    return _parse({"name": listener, "virtual_hosts": [host]}, route_pb2.RouteConfiguration())
 
 
 def _route(config: MeshConfig, route: Route, index: int, grpc: bool) -> dict:

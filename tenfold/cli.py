@@ -56,8 +56,18 @@ def up(
     grpc_port: Annotated[int, typer.Option(help="Gateway gRPC port")] = 8081,
     workers: Annotated[int, typer.Option(min=1, help="Gateway worker processes")] = 1,
     threads: Annotated[int, typer.Option(min=0, help="ONNX Runtime threads per pod")] = 1,
+    mesh: Annotated[
+        bool,
+        typer.Option(
+            "--mesh/--no-mesh",
+            help="Envoy at the edge, driven by tenfold's control plane (--no-mesh: the "
+            "gateway on the public ports with fixed endpoints)",
+        ),
+    ] = True,
 ) -> None:
-    """Run the local stack: inference pods on loopback and the gateway in front of them."""
+    """Run the local stack on loopback: the mesh control plane, inference pods, the
+    gateway and Envoy at the edge on the public ports."""
+    from tenfold.stack import StackOptions
     from tenfold.stack import up as run_stack
 
     if not (repository / "feed_user_tower").is_dir():
@@ -67,7 +77,8 @@ def up(
             err=True,
         )
         raise typer.Exit(2)
-    raise typer.Exit(run_stack(repository, pods, port, grpc_port, workers, threads))
+    options = StackOptions(repository, pods, port, grpc_port, workers, threads, mesh)
+    raise typer.Exit(run_stack(options))
 
 
 def main() -> None:

@@ -1,17 +1,30 @@
-"""A local stack on loopback: N inference pods and the gateway in front of them, as
-child processes. ``tenfold up`` (what ``make run`` calls) runs it in the foreground."""
+"""A local stack on loopback, as child processes; ``tenfold up`` (what ``make run``
+calls) runs it in the foreground.
+
+With the mesh (the default) it starts, in order and each one ready before the next:
+the control plane, the inference pods (each added to its pool's endpoint set once
+ready), the gateway workers (their pools follow the control plane) and Envoy on the
+public ports. On SIGINT/SIGTERM it stops in the reverse order: Envoy drains its
+listeners, the gateway drains, each pod leaves its endpoint set before it drains, and
+the control plane stops last. ``--no-mesh`` runs the gateway on the public ports
+with fixed endpoints, as before the mesh.
+"""
 
 from __future__ import annotations
 
 import signal
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.launch import gateway_config, start_gateway
+from gateway.launch import DEFAULT_MODELS, gateway_config, start_gateway
 from inference.launch import start_pod
+from mesh.envoy import EnvoyProcess, start_envoy
+from mesh.launch import put_endpoints, start_control_plane
 from servicekit.launcher import ServiceProcess
 
+POD_POOL = "default"
 EXAMPLES = """\
 Try, from another shell:
   curl -s -X POST localhost:{http}/v1/feed -H 'content-type: application/json' \\
@@ -20,38 +33,132 @@ Try, from another shell:
   curl -s localhost:{http}/v1/effects
   curl -s -X POST localhost:{http}/v1/effects/cartoon -H 'content-type: image/jpeg' \\
        --data-binary @docs/img/example.jpg -o cartoon.jpg
-  curl -s localhost:{http}/v2/models/feed_ranker          # KServe v2 pass-through
+  curl -s localhost:{http}/v2/models/feed_ranker          # KServe v2{kserve}
   curl -s localhost:{http}/metrics | grep tenfold_gateway
   grpcurl -plaintext -d '{{"user_id": "42", "count": 3}}' \\
        localhost:{grpc} tenfold.v1.Feed/GetFeed          # gRPC, via server reflection
 """
 
 
-def up(repo: Path, pods: int, port: int, grpc_port: int, workers: int, threads: int) -> int:
+@dataclass(frozen=True)
+class StackOptions:
+    repo: Path
+    pods: int = 1
+    port: int = 8080
+    grpc_port: int = 8081
+    workers: int = 1
+    threads: int = 1
+    mesh: bool = True
+    #: Envoy worker threads (the edge shares the machine with the gateway and pods)
+    envoy_concurrency: int = 1
+    drain_s: float = 1.0
+
+
+def mesh_file(options: StackOptions) -> dict:
+    """The mesh of the local stack: the public ports at the edge, one pod pool."""
+    return {
+        "listeners": {
+            "http": {"port": options.port, "protocol": "http"},
+            "grpc": {"port": options.grpc_port, "protocol": "grpc"},
+        },
+        "pools": {"gateway": {}, POD_POOL: {"models": list(DEFAULT_MODELS)}},
+    }
+
+
+def _pod_set(pods: list[ServiceProcess]) -> list[dict]:
+    return [{"http": p.http, "grpc": p.grpc} for p in pods]
+
+
+class Stack:
+    def __init__(self, options: StackOptions) -> None:
+        self.options = options
+        self.control_plane: ServiceProcess | None = None
+        self.pods: list[ServiceProcess] = []
+        self.gateway: ServiceProcess | None = None
+        self.envoy: EnvoyProcess | None = None
+        self.ports: dict[str, int] = {}
+
+    @property
+    def children(self) -> list[ServiceProcess]:
+        out = [self.control_plane, *self.pods, self.gateway]
+        if self.envoy is not None:
+            out.append(self.envoy.process)
+        return [c for c in out if c is not None]
+
+    def start(self, say=print) -> None:
+        o = self.options
+        if o.mesh:
+            self.control_plane = start_control_plane(mesh_file(o))
+            say(self.control_plane.new_output(), end="")
+        for i in range(o.pods):
+            pod = start_pod(o.repo, intra_op_threads=o.threads)
+            self.pods.append(pod)
+            if self.control_plane is not None:
+                put_endpoints(self.control_plane.http, POD_POOL, _pod_set(self.pods))
+            say(f"tenfold: pod {i + 1}/{o.pods} ready (grpc {pod.grpc}, http {pod.http})")
+        if self.control_plane is None:
+            config = gateway_config(o.repo, self.pods, workers=o.workers)
+            self.gateway = start_gateway(config, port=o.port, grpc_port=o.grpc_port)
+            self.ports = {"http": self.gateway.http_port, "grpc": self.gateway.grpc_port}
+            say(self.gateway.new_output(), end="")
+            return
+        config = gateway_config(o.repo, self.pods, workers=o.workers, xds=self.control_plane.grpc)
+        self.gateway = start_gateway(config)
+        say(self.gateway.new_output(), end="")
+        gateway = [{"http": self.gateway.http, "grpc": self.gateway.grpc}]
+        put_endpoints(self.control_plane.http, "gateway", gateway)
+        self.envoy = start_envoy(
+            "tenfold-edge", "127.0.0.1", self.control_plane.grpc_port, o.envoy_concurrency
+        )
+        self.ports = self.envoy.wait_listeners(["http", "grpc"])
+        say(
+            f"tenfold: edge (Envoy) ready: http 127.0.0.1:{self.ports['http']}, "
+            f"grpc 127.0.0.1:{self.ports['grpc']}, admin 127.0.0.1:{self.envoy.admin_port}"
+        )
+
+    def stop(self, say=print) -> None:
+        """Envoy drains, then the gateway; each pod leaves its pool before it drains."""
+        if self.envoy is not None:
+            say("tenfold: draining the edge (Envoy)")
+            self.envoy.drain(self.options.drain_s)
+            self.envoy.stop()
+        if self.gateway is not None:
+            self.gateway.stop()
+            say(self.gateway.new_output(), end="")
+        while self.pods:
+            pod = self.pods.pop()
+            if self.control_plane is not None and self.control_plane.proc.poll() is None:
+                try:
+                    put_endpoints(self.control_plane.http, POD_POOL, _pod_set(self.pods))
+                except OSError:
+                    pass
+            pod.stop()
+            say(pod.new_output(), end="")
+        if self.control_plane is not None:
+            self.control_plane.stop()
+            say(self.control_plane.new_output(), end="")
+
+
+def up(options: StackOptions) -> int:
     """Run the stack in the foreground until SIGINT/SIGTERM, then stop it all."""
-    started: list[ServiceProcess] = []
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    stack = Stack(options)
+
+    def say(text: str, end: str = "\n") -> None:
+        print(text, end=end, flush=True)
+
     try:
-        for i in range(pods):
-            pod = start_pod(repo, intra_op_threads=threads)
-            started.append(pod)
-            print(
-                f"tenfold: pod {i + 1}/{pods} ready (grpc {pod.grpc}, http {pod.http})", flush=True
-            )
-        config = gateway_config(repo, started[:], workers=workers)
-        gateway = start_gateway(config, port=port, grpc_port=grpc_port)
-        started.append(gateway)
-        print(gateway.new_output(), end="", flush=True)
-        print(EXAMPLES.format(http=gateway.http_port, grpc=gateway.grpc_port), flush=True)
+        stack.start(say)
+        kserve = " (straight to the pod, via Envoy)" if options.mesh else " (gateway pass-through)"
+        say(EXAMPLES.format(http=stack.ports["http"], grpc=stack.ports["grpc"], kserve=kserve))
         while not stop.wait(0.5):
-            for child in started:  # what the pods and the gateway say from now on
-                print(child.new_output(), end="", flush=True)
-            if any(p.proc.poll() is not None for p in started):
+            for child in stack.children:  # what the services say from now on
+                say(child.new_output(), end="")
+            if any(p.proc.poll() is not None for p in stack.children):
                 print("tenfold: a process of the stack exited; stopping", file=sys.stderr)
                 return 1
         return 0
     finally:
-        for proc in reversed(started):  # gateway first: it drains, then the pods
-            proc.stop()
+        stack.stop(say)

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from gateway.metrics import GatewayMetrics
 from gateway.settings import EndpointSettings, GatewaySettings
 from gateway.upstream.balancer import EjectionPolicy
+from gateway.upstream.follower import EndpointFollower
 from gateway.upstream.kserve import PoolClient, call_raw
 from gateway.upstream.passthrough import HttpPassthrough, HttpRequest
 from gateway.upstream.pools import Pool, PoolDeps, PoolRegistry
@@ -18,10 +19,18 @@ from inference.protocol.errors import ModelNotFound
 
 
 class Upstreams:
-    def __init__(self, pools: PoolRegistry, models: dict[str, tuple[str, ...]]) -> None:
+    def __init__(
+        self,
+        pools: PoolRegistry,
+        models: dict[str, tuple[str, ...]],
+        follower: EndpointFollower | None = None,
+        follow_wait_s: float = 0.0,
+    ) -> None:
         self.pools = pools
         self._models = models  # pool name -> the models it serves
         self._http = HttpPassthrough()
+        self._follower = follower
+        self._follow_wait_s = follow_wait_s
 
     def pool_for_model(self, model: str) -> str:
         for name, served in self._models.items():
@@ -52,11 +61,15 @@ class Upstreams:
 
     async def start(self) -> None:
         await self._http.start()
+        if self._follower is not None:
+            await self._follower.start(self._follow_wait_s)
 
     async def check_health(self) -> None:
         await self.pools.check_health()
 
     async def close(self) -> None:
+        if self._follower is not None:
+            await self._follower.close()
         await self.pools.close()
         await self._http.close()
 
@@ -80,4 +93,7 @@ def build_upstreams(
     )
     pools = PoolRegistry({n: Pool(n, p.endpoints, deps) for n, p in settings.pools.items()})
     models = {n: tuple(p.models) for n, p in settings.pools.items()}
-    return Upstreams(pools, models)
+    follower = None
+    if settings.xds:
+        follower = EndpointFollower(settings.xds, settings.pools, pools.update, settings.xds_node_id)
+    return Upstreams(pools, models, follower, settings.xds_wait_s)
