@@ -95,5 +95,6 @@ def build_upstreams(
     models = {n: tuple(p.models) for n, p in settings.pools.items()}
     follower = None
     if settings.xds:
-        follower = EndpointFollower(settings.xds, settings.pools, pools.update, settings.xds_node_id)
+        node = settings.xds_node_id
+        follower = EndpointFollower(settings.xds, settings.pools, pools.update, node)
     return Upstreams(pools, models, follower, settings.xds_wait_s)
