@@ -4,6 +4,8 @@ and the Prometheus metrics."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -17,6 +19,7 @@ from servicekit.validation import validation_message
 from servicekit.web import json_response
 
 STORE = web.AppKey("store", EndpointStore)
+NODES = web.AppKey("nodes", Callable)
 METRICS = web.AppKey("metrics", MeshMetrics)
 
 
@@ -61,6 +64,12 @@ async def put_endpoints(request: web.Request) -> web.Response:
     return json_response({"version": store.version, **_pool_doc(store, pool)})
 
 
+async def nodes(request: web.Request) -> web.Response:
+    """What each connected node accepted: a script can wait for a change to be applied
+    (e.g. a pod's removal) before it acts on it (drains the pod)."""
+    return json_response({"version": request.app[STORE].version, "nodes": request.app[NODES]()})
+
+
 async def metrics(request: web.Request) -> web.Response:
     body = generate_latest(request.app[METRICS].registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -70,13 +79,17 @@ async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
 
-def create_admin_app(store: EndpointStore, mesh_metrics: MeshMetrics) -> web.Application:
+def create_admin_app(
+    store: EndpointStore, mesh_metrics: MeshMetrics, node_states: Callable[[], dict]
+) -> web.Application:
     app = web.Application(client_max_size=4 << 20)
     app[STORE] = store
+    app[NODES] = node_states
     app[METRICS] = mesh_metrics
     app.router.add_get("/v1/pools", list_pools)
     app.router.add_get("/v1/pools/{pool}", get_pool)
     app.router.add_put("/v1/pools/{pool}/endpoints", put_endpoints)
+    app.router.add_get("/v1/nodes", nodes)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     return app

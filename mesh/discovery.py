@@ -40,7 +40,7 @@ class TypeState:
     subscribed_at: float = 0.0
 
 
-@dataclass
+@dataclass(eq=False)
 class AdsStream:
     metrics: MeshMetrics
     clock: Callable[[], float]
@@ -132,6 +132,20 @@ class DiscoveryServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self.metrics = metrics
         self.clock = clock
         self._nodes: Counter[str] = Counter()
+        self._streams: set[AdsStream] = set()
+
+    def nodes(self) -> dict[str, dict[str, dict]]:
+        """Per connected node and type: the version it ACKed last, and one it refused."""
+        out: dict[str, dict[str, dict]] = {}
+        for stream in self._streams:
+            if stream.node:
+                types = out.setdefault(stream.node, {})
+                for type_url, state in stream.types.items():
+                    types[short_type(type_url)] = {
+                        "acked": state.acked_version,
+                        "nacked": state.nacked_version,
+                    }
+        return out
 
     def add_to(self, server) -> None:
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self, server)
@@ -140,6 +154,7 @@ class DiscoveryServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self, request_iterator, context
     ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
         stream = AdsStream(self.metrics, self.clock, self.cache.published_at)
+        self._streams.add(stream)
         events: asyncio.Queue = asyncio.Queue()
         reader = asyncio.create_task(_read(request_iterator, events))
         watcher: asyncio.Task | None = None
@@ -162,6 +177,7 @@ class DiscoveryServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 for response in responses:
                     yield response
         finally:
+            self._streams.discard(stream)
             reader.cancel()
             if watcher is not None:
                 watcher.cancel()

@@ -67,7 +67,9 @@ class MeshService:
             raise StartError(f"cannot listen on {address}: {exc}") from None
         await self._grpc.start()
         self._runner = web.AppRunner(
-            create_admin_app(self.store, self.metrics), access_log=None, handle_signals=False
+            create_admin_app(self.store, self.metrics, self.discovery.nodes),
+            access_log=None,
+            handle_signals=False,
         )
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.settings.admin_port)

@@ -1,0 +1,158 @@
+"""The stack ``tenfold up`` runs (control plane, a pod of the quick default models, the
+gateway following the mesh, Envoy at the edge), and a control plane run in-process so
+a test can publish a snapshot Envoy must refuse."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import numpy as np
+import pytest
+import requests
+import tritonclient.http as thttp
+
+from inference.launch import start_pod
+from mesh.config import load_mesh_file
+from mesh.envoy import start_envoy
+from mesh.launch import put_endpoints
+from mesh.resources import all_resources
+from mesh.service import MeshService, MeshSettings
+from mesh.snapshot import LISTENER, make_snapshot
+from protos.tenfold.v1 import gateway_pb2 as pb
+from protos.tenfold.v1 import gateway_pb2_grpc as pb_grpc
+from tenfold.stack import POD_POOL, Stack, StackOptions
+from tests.gateway.conftest import jpeg, wait_until
+from tests.mesh.test_envoy import INFER, mesh_file
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+FEED = {"user_id": 42, "count": 10, "context": {"hour": 20, "device": "ios"}}
+
+
+@pytest.fixture(scope="module")
+def stack(quick_repo):
+    running = Stack(StackOptions(quick_repo, port=0, grpc_port=0, drain_s=0.2))
+    running.start(say=lambda *a, **k: None)
+    yield running
+    running.stop(say=lambda *a, **k: None)
+
+
+def test_feed_effects_and_kserve_answer_through_envoy_as_they_do_directly(stack):
+    edge = f"http://127.0.0.1:{stack.ports['http']}"
+    gateway = f"http://{stack.gateway.http}"
+    pod = stack.pods[0]
+    through = requests.post(f"{edge}/v1/feed", json=FEED, timeout=10)
+    direct = requests.post(f"{gateway}/v1/feed", json=FEED, timeout=10)
+    assert through.status_code == direct.status_code == 200
+    assert through.headers["server"] == "envoy"
+    assert through.json()["items"] == direct.json()["items"]
+    assert len(through.json()["items"]) == 10
+
+    image = jpeg(96, 80)
+    params = {"size": 256}
+    headers = {"content-type": "image/jpeg"}
+    effect = [
+        requests.post(f"{base}/v1/effects/cartoon", data=image, params=params, headers=headers)
+        for base in (edge, gateway)
+    ]
+    assert effect[0].status_code == effect[1].status_code == 200
+    assert effect[0].content == effect[1].content
+
+    ids = np.arange(1, 9, dtype=np.int64).reshape(1, 8)
+    outputs = []
+    for address in (f"127.0.0.1:{stack.ports['http']}", pod.http):
+        client = thttp.InferenceServerClient(address)
+        metadata = client.get_model_metadata("feed_ranker")
+        inputs = []
+        for spec in metadata["inputs"]:
+            shape = [1, *(abs(d) for d in spec["shape"][1:])]
+            tensor = thttp.InferInput(spec["name"], shape, spec["datatype"])
+            tensor.set_data_from_numpy(np.ones(shape, dtype=np.int64) % ids.max())
+            inputs.append(tensor)
+        result = client.infer("feed_ranker", inputs)
+        outputs.append(result.as_numpy(metadata["outputs"][0]["name"]))
+        client.close()
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+
+    with grpc.insecure_channel(f"127.0.0.1:{stack.ports['grpc']}") as channel:
+        answer = pb_grpc.FeedStub(channel).GetFeed(
+            pb.FeedRequest(user_id="42", count=3), timeout=30
+        )
+    assert len(answer.items) == 3
+
+
+def test_the_gateway_follows_the_pool_the_control_plane_holds(stack):
+    edge = f"http://127.0.0.1:{stack.ports['http']}"
+    admin = stack.control_plane.http
+    pod = stack.pods[0]
+    try:
+        put_endpoints(admin, POD_POOL, [])
+        wait_until(
+            lambda: requests.post(f"{edge}/v1/feed", json=FEED, timeout=10).status_code == 503,
+            "the gateway to drop the pod",
+            2,
+        )
+    finally:
+        put_endpoints(admin, POD_POOL, [{"http": pod.http, "grpc": pod.grpc}])
+    wait_until(
+        lambda: requests.post(f"{edge}/v1/feed", json=FEED, timeout=10).status_code == 200,
+        "the gateway to take the pod back",
+        2,
+    )
+
+
+async def test_a_bad_snapshot_is_nacked_and_the_last_good_one_keeps_serving(standard_repo):
+    pod = await asyncio.to_thread(start_pod, standard_repo)
+    mesh = load_mesh_file(None, mesh_file([{"http": pod.http, "grpc": pod.grpc}]))
+    service = MeshService(mesh, MeshSettings(xds_port=0, admin_port=0))
+    ports = await service.start()
+    envoy = await asyncio.to_thread(start_envoy, "tenfold-edge", "127.0.0.1", ports["grpc"])
+
+    def nacks() -> float:
+        value = service.metrics.registry.get_sample_value(
+            "tenfold_mesh_nacks_total", {"type": "Listener"}
+        )
+        return value or 0.0
+
+    async def infer() -> int:
+        url = f"http://127.0.0.1:{edge_port}/v2/models/scale/infer"
+        answer = await asyncio.to_thread(requests.post, url, json=INFER, timeout=10)
+        return answer.status_code
+
+    async def eventually(condition, what: str) -> None:
+        for _ in range(200):
+            if condition():
+                return
+            await asyncio.sleep(0.025)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    try:
+        edge_port = (await asyncio.to_thread(envoy.wait_listeners, ["http", "grpc"]))["http"]
+        assert await infer() == 200
+        config, endpoints = service.store.config, service.store.endpoints()
+        listeners, routes, clusters, assignments = all_resources(config, endpoints)
+        listeners[0].address.socket_address.port_value = 70000  # Envoy must refuse it
+        bad = make_snapshot("bad", [*clusters, *assignments, *listeners, *routes])
+        service.cache.set_snapshot("tenfold-edge", bad)
+        await eventually(lambda: nacks() == 1, "Envoy's NACK")
+        assert service.discovery.nodes()["tenfold-edge"]["Listener"]["acked"] != ""
+        assert await infer() == 200  # the last good listener still serves
+
+        fixed = config.model_copy(
+            update={"edge": config.edge.model_copy(update={"idle_timeout_s": 30})}
+        )
+        listeners, routes, clusters, assignments = all_resources(fixed, endpoints)
+        good = make_snapshot("fixed", [*clusters, *assignments, *listeners, *routes])
+        service.cache.set_snapshot("tenfold-edge", good)
+        state = lambda: service.discovery.nodes()["tenfold-edge"]["Listener"]  # noqa: E731
+        await eventually(
+            lambda: state()["acked"] == good.versions[LISTENER],
+            "Envoy to accept the fixed listeners",
+        )
+        assert state()["nacked"] == bad.versions[LISTENER]
+        assert nacks() == 1
+        assert await infer() == 200
+    finally:
+        await asyncio.to_thread(envoy.stop)
+        await service.close()
+        await asyncio.to_thread(pod.stop)
