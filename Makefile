@@ -8,7 +8,7 @@ REPO ?= var/model-repository
 PYTEST_ARGS ?=
 PODS ?= 1
 
-.PHONY: bench-feed bench-effects install run test test-stress lint protos bench-pod bench-gateway bench-peers triton-venv clean
+.PHONY: bench-feed bench-effects bench-mesh install run test test-stress lint protos bench-pod bench-gateway bench-peers triton-venv clean
 
 $(STAMP): pyproject.toml setup.py $(wildcard protos/*/*/*.proto protos/*/*.proto)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -68,6 +68,10 @@ bench-feed: $(STAMP) $(REPO)/.optimized
 # server, per-stage table (docs/benchmarks.md)
 bench-effects: $(STAMP) $(REPO)/.optimized
 	$(TENFOLD) loadtest bench effects --repository $(REPO) --out docs/results/bench_effects.json
+
+# the mesh: Envoy's overhead, KServe v2 straight to the pod, endpoint change latency
+bench-mesh: $(STAMP) $(REPO)/.optimized
+	$(TENFOLD) loadtest bench mesh --repository $(REPO) --out docs/results/bench_mesh.json
 
 # NVIDIA Triton (the tritonserver binary in the nvidia-pytriton wheel) for the peer
 # benchmark; its own venv because it pins numpy<2

@@ -128,6 +128,8 @@ def _role(proc: psutil.Process) -> str:
     except psutil.Error:
         return "other"
     for needle, role in (
+        ("envoy", "edge"),
+        ("tenfold mesh", "mesh"),
         ("inference", "pod"),
         ("gateway", "gateway"),
         ("naive_", "server"),

@@ -385,3 +385,26 @@ def bench_effects(
             upload=upload,
         )
         module.benchmark(plan, out)
+
+
+@bench.command("mesh")
+def bench_mesh(
+    repository: Annotated[
+        Path, typer.Option(help="model repository with the default models")
+    ] = Path("var/model-repository"),
+    duration: Annotated[float, typer.Option(help="seconds per rate")] = 4.0,
+    rows: Annotated[int, typer.Option(min=1, help="ranker rows per request")] = 100,
+    changes: Annotated[int, typer.Option(min=1, help="endpoint changes to time")] = 20,
+    out: Annotated[
+        Path | None, typer.Option(help="write JSON results here (and the tables as .md)")
+    ] = None,
+) -> None:
+    """The mesh: Envoy's overhead on /v1/feed, KServe v2 through Envoy straight to the
+    pod against the pod alone and the gateway hop, and the time from an endpoint change
+    to the first request served there (docs/benchmarks.md)."""
+    with _exit_2_on_error():
+        _positive(duration=duration)
+        with _loadtest_extra():
+            from loadtest import bench_mesh as module
+        plan = module.MeshBenchPlan(repository, duration_s=duration, rows=rows, changes=changes)
+        module.benchmark(plan, out)

@@ -55,3 +55,18 @@ def bootstrap(
 
     host, _, port = xds.rpartition(":")
     typer.echo(json.dumps(make(node_id, host, int(port), admin_port), indent=2))
+
+
+@app.command("dev-cert")
+def dev_cert(
+    out: Annotated[Path, typer.Option(help="Directory for cert.pem and key.pem")] = Path(
+        "var/dev-cert"
+    ),
+    days: Annotated[int, typer.Option(min=1, help="Days the certificate is valid")] = 30,
+) -> None:
+    """Write a self-signed certificate for localhost/127.0.0.1 (development only); use it
+    with ``tenfold up --tls-cert OUT/cert.pem --tls-key OUT/key.pem``."""
+    from mesh.certs import write_dev_cert
+
+    cert, key = write_dev_cert(out, days)
+    typer.echo(f"wrote {cert} and {key} (self-signed, localhost and 127.0.0.1, {days} days)")

@@ -93,11 +93,19 @@ class EdgeLimits(Strict):
     rate_limit: RateLimit | None = Field(None, description="local rate limit (None = off)")
 
 
+class Tls(Strict):
+    cert_file: str = Field(min_length=1, description="PEM certificate chain Envoy serves")
+    key_file: str = Field(min_length=1, description="PEM private key of the certificate")
+
+
 class Listener(Strict):
     address: str = Field("127.0.0.1", description="bind address")
     port: int = Field(ge=0, le=65535, description="port (0 = any free port)")
     protocol: Literal["http", "grpc"] = Field(
         description="http: HTTP/1.1 and h2c, KServe v2 routes; grpc: gRPC (h2c) only"
+    )
+    tls: Tls | None = Field(
+        None, description="serve TLS (HTTP/1.1 and h2 by ALPN) instead of plaintext"
     )
 
 

@@ -25,10 +25,11 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noq
     http_connection_manager_pb2,
 )
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2  # noqa: F401
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2  # noqa: F401
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
 from google.protobuf import json_format
 
-from mesh.config import GATEWAY_POOL, Endpoint, Listener, MeshConfig, PoolConfig, Route
+from mesh.config import GATEWAY_POOL, Endpoint, Listener, MeshConfig, PoolConfig, Route, Tls
 
 TYPE = "type.googleapis.com/"
 CONNECTION_LIMIT = TYPE + "envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit"
@@ -207,11 +208,15 @@ def listener(config: MeshConfig, name: str, spec: Listener) -> listener_pb2.List
         "common_http_protocol_options": {"idle_timeout": _seconds(edge.idle_timeout_s)},
         "use_remote_address": True,
     }
+    chain: dict = {}
+    if spec.tls is not None:
+        chain["transport_socket"] = _tls(spec.tls, grpc)
     doc = {
         "name": name,
         "address": {"socket_address": {"address": spec.address, "port_value": spec.port}},
         "filter_chains": [
             {
+                **chain,
                 "filters": [
                     {
                         "name": "envoy.filters.network.connection_limit",
@@ -225,11 +230,29 @@ def listener(config: MeshConfig, name: str, spec: Listener) -> listener_pb2.List
                         "name": "envoy.filters.network.http_connection_manager",
                         "typed_config": manager,
                     },
-                ]
+                ],
             }
         ],
     }
     return _parse(doc, listener_pb2.Listener())
+
+
+def _tls(tls: Tls, grpc: bool) -> dict:
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": TYPE + "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            "common_tls_context": {
+                "tls_certificates": [
+                    {
+                        "certificate_chain": {"filename": tls.cert_file},
+                        "private_key": {"filename": tls.key_file},
+                    }
+                ],
+                "alpn_protocols": ["h2"] if grpc else ["h2", "http/1.1"],
+            },
+        },
+    }
 
 
 def _rate_limit(name: str, per_s: float, burst: int) -> dict:

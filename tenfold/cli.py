@@ -64,6 +64,10 @@ def up(
             "gateway on the public ports with fixed endpoints)",
         ),
     ] = True,
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="PEM certificate: TLS at the edge (with --tls-key)")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="PEM private key of --tls-cert")] = None,
 ) -> None:
     """Run the local stack on loopback: the mesh control plane, inference pods, the
     gateway and Envoy at the edge on the public ports."""
@@ -77,7 +81,17 @@ def up(
             err=True,
         )
         raise typer.Exit(2)
-    options = StackOptions(repository, pods, port, grpc_port, workers, threads, mesh)
+    tls = None
+    if tls_cert is not None or tls_key is not None:
+        if tls_cert is None or tls_key is None or not mesh:
+            typer.echo("error: TLS needs --tls-cert and --tls-key, and the mesh", err=True)
+            raise typer.Exit(2)
+        for path in (tls_cert, tls_key):
+            if not path.is_file():
+                typer.echo(f"error: {path}: no such file", err=True)
+                raise typer.Exit(2)
+        tls = (tls_cert, tls_key)
+    options = StackOptions(repository, pods, port, grpc_port, workers, threads, mesh, tls=tls)
     raise typer.Exit(run_stack(options))
 
 

@@ -52,14 +52,22 @@ class StackOptions:
     #: Envoy worker threads (the edge shares the machine with the gateway and pods)
     envoy_concurrency: int = 1
     drain_s: float = 1.0
+    #: (certificate chain, private key) PEM files: TLS on both edge listeners
+    tls: tuple[Path, Path] | None = None
 
 
 def mesh_file(options: StackOptions) -> dict:
     """The mesh of the local stack: the public ports at the edge, one pod pool."""
+    tls = None
+    if options.tls is not None:
+        tls = {
+            "cert_file": str(options.tls[0].resolve()),
+            "key_file": str(options.tls[1].resolve()),
+        }
     return {
         "listeners": {
-            "http": {"port": options.port, "protocol": "http"},
-            "grpc": {"port": options.grpc_port, "protocol": "grpc"},
+            "http": {"port": options.port, "protocol": "http", "tls": tls},
+            "grpc": {"port": options.grpc_port, "protocol": "grpc", "tls": tls},
         },
         "pools": {"gateway": {}, POD_POOL: {"models": list(DEFAULT_MODELS)}},
     }
@@ -111,8 +119,9 @@ class Stack:
             "tenfold-edge", "127.0.0.1", self.control_plane.grpc_port, o.envoy_concurrency
         )
         self.ports = self.envoy.wait_listeners(["http", "grpc"])
+        scheme = "https" if o.tls else "http"
         say(
-            f"tenfold: edge (Envoy) ready: http 127.0.0.1:{self.ports['http']}, "
+            f"tenfold: edge (Envoy) ready: {scheme} 127.0.0.1:{self.ports['http']}, "
             f"grpc 127.0.0.1:{self.ports['grpc']}, admin 127.0.0.1:{self.envoy.admin_port}"
         )
 

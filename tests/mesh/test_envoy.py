@@ -16,6 +16,7 @@ import pytest
 import requests
 
 from inference.launch import start_pod
+from mesh.certs import write_dev_cert
 from mesh.envoy import start_envoy
 from mesh.launch import put_endpoints, start_control_plane
 from tests.gateway.conftest import metric_total, scrape, wait_until
@@ -106,11 +107,12 @@ def edge(standard_repo):
     first = start_pod(standard_repo)
     control_plane = start_control_plane(mesh_file([member(first)]))
     envoy = start_envoy("tenfold-edge", "127.0.0.1", control_plane.grpc_port)
+    edge = Edge(control_plane, envoy, [first])
     try:
-        yield Edge(control_plane, envoy, [first])
+        yield edge
     finally:
         envoy.stop()
-        control_plane.stop()
+        edge.control_plane.stop()  # the one running now (a test restarts it)
         first.stop()
 
 
@@ -220,3 +222,26 @@ def test_the_admin_api_refuses_bad_endpoint_sets_with_the_reason(edge):
     assert requests.put(f"{admin}/pods/endpoints", data=b"{").status_code == 400
     pools = requests.get(admin, timeout=5).json()["pools"]
     assert pools["pods"]["endpoints"] == [member(edge.base[0])]
+
+
+def test_tls_at_the_edge_with_a_dev_certificate(edge, tmp_path):
+    cert, key = write_dev_cert(tmp_path / "cert")
+    mesh = mesh_file([member(edge.base[0])])
+    tls = {"cert_file": str(cert), "key_file": str(key)}
+    for listener in mesh["listeners"].values():
+        listener["tls"] = tls
+    control_plane = start_control_plane(mesh)
+    envoy = start_envoy("tenfold-edge", "127.0.0.1", control_plane.grpc_port)
+    try:
+        ports = envoy.wait_listeners(["http", "grpc"])
+        url = f"https://127.0.0.1:{ports['http']}/v2/models/scale/infer"
+        answer = requests.post(url, json=INFER, timeout=10, verify=str(cert))
+        assert answer.status_code == 200
+        assert answer.headers[UPSTREAM] == edge.base[0].http
+        with pytest.raises(requests.exceptions.SSLError):
+            requests.post(url, json=INFER, timeout=10)  # not a trusted certificate
+        with pytest.raises(requests.exceptions.ConnectionError):
+            requests.post(url.replace("https", "http"), json=INFER, timeout=10)
+    finally:
+        envoy.stop()
+        control_plane.stop()
