@@ -23,6 +23,14 @@ def serve(
     admin_port: Annotated[
         int, typer.Option(help="Admin HTTP port on loopback (0 = any free)")
     ] = 18001,
+    kubernetes_namespace: Annotated[
+        str | None,
+        typer.Option(help="Follow EndpointSlices in this namespace (the k8s extra)"),
+    ] = None,
+    service: Annotated[
+        list[str] | None,
+        typer.Option(help="SERVICE=POOL: the pool that a Service's EndpointSlices fill"),
+    ] = None,
     ready_file: Annotated[
         Path | None,
         typer.Option(help="Write the ready state (JSON: state, ports) here, for launchers"),
@@ -38,7 +46,23 @@ def serve(
     except MeshConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    settings = MeshSettings(xds_host=xds_host, xds_port=xds_port, admin_port=admin_port)
+    services = []
+    for item in service or []:
+        name, sep, pool = item.partition("=")
+        if not sep or not name or not pool:
+            typer.echo(f"error: --service {item!r}: expected SERVICE=POOL", err=True)
+            raise typer.Exit(2)
+        services.append((name, pool))
+    if services and not kubernetes_namespace:
+        typer.echo("error: --service needs --kubernetes-namespace", err=True)
+        raise typer.Exit(2)
+    settings = MeshSettings(
+        xds_host=xds_host,
+        xds_port=xds_port,
+        admin_port=admin_port,
+        kubernetes_namespace=kubernetes_namespace,
+        services=tuple(services),
+    )
     raise typer.Exit(run_mesh(mesh, settings, ready_file))
 
 

@@ -3,6 +3,8 @@ HTTP API over one endpoint store and snapshot cache, built in one place."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,6 +33,9 @@ class MeshSettings:
     #: the admin API is on loopback only
     admin_port: int = 18001
     drain_timeout_s: float = 5.0
+    #: follow the EndpointSlices of these Services (name -> pool) in this namespace
+    kubernetes_namespace: str | None = None
+    services: tuple[tuple[str, str], ...] = ()
 
 
 class MeshService:
@@ -51,6 +56,10 @@ class MeshService:
         self.discovery = DiscoveryServer(self.cache, self.metrics, clock)
         self._grpc: grpc.aio.Server | None = None
         self._runner: web.AppRunner | None = None
+        self._watch: asyncio.Task | None = None
+        for service, pool in settings.services:
+            if pool not in mesh.pools:
+                raise StartError(f"--service {service}={pool}: no pool named {pool!r}")
 
     @property
     def host(self) -> str:
@@ -85,16 +94,31 @@ class MeshService:
         return f"listening xds={self.host}:{ports['grpc']} admin=127.0.0.1:{ports['http']}"
 
     async def prepare(self) -> str:
+        if self.settings.kubernetes_namespace:
+            from mesh.kubernetes import SliceTracker, watch_slices
+
+            tracker = SliceTracker(dict(self.settings.services))
+            self._watch = asyncio.create_task(
+                watch_slices(self.store, self.settings.kubernetes_namespace, tracker)
+            )
         sizes = ", ".join(f"{p} ({len(e)})" for p, e in self.store.endpoints().items())
         return f"ready, snapshot {self.store.version}, pools: {sizes}"
 
+    async def _stop_watch(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+
     async def drain(self) -> None:
+        await self._stop_watch()
         if self._runner is not None:
             await self._runner.cleanup()
         if self._grpc is not None:
             await self._grpc.stop(self.settings.drain_timeout_s)
 
     async def close(self) -> None:
+        await self._stop_watch()
         if self._runner is not None:
             await self._runner.cleanup()
         if self._grpc is not None:
