@@ -65,6 +65,10 @@ def listening_line(settings: GatewaySettings, host: str, ports: Mapping[str, int
 
 
 def ready_line(settings: GatewaySettings) -> str:
+    if settings.xds:
+        return (
+            f"ready, pools {', '.join(settings.pools) or 'none'} follow the mesh at {settings.xds}"
+        )
     pools = ", ".join(f"{n} ({len(p.endpoints)} endpoints)" for n, p in settings.pools.items())
     return f"ready, pools: {pools or 'none'}"
 

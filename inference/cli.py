@@ -31,6 +31,10 @@ def serve(
     intra_op_threads: Annotated[
         int | None, typer.Option(help="ONNX Runtime intra-op threads (0 = all cores)")
     ] = None,
+    load_model: Annotated[
+        list[str] | None,
+        typer.Option(help="Serve only this model (repeatable; default: every model)"),
+    ] = None,
     strict_model_load: Annotated[
         bool | None,
         typer.Option(
@@ -60,6 +64,7 @@ def serve(
             metrics_port=metrics_port,
             intra_op_threads=intra_op_threads,
             strict_model_load=strict_model_load,
+            load_models=load_model or None,
         )
     except SettingsError as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -121,7 +121,16 @@ class InferenceServer:
         )
         loop = asyncio.get_running_loop()
         loaded: list[LoadedVersion] = []
-        for model_dir in model_dirs(s.model_repository):
+        dirs = list(model_dirs(s.model_repository))
+        if s.load_models:
+            names = {d.name for d in dirs}
+            missing = [m for m in s.load_models if m not in names]
+            if missing:
+                raise RepositoryError(
+                    missing[0], f"--load-model: no such model in {s.model_repository}"
+                )
+            dirs = [d for d in dirs if d.name in s.load_models]
+        for model_dir in dirs:
             try:
                 loaded += await loop.run_in_executor(
                     None, load_model, model_dir, session_settings, s.default_max_batch_size

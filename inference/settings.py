@@ -36,6 +36,9 @@ class InferenceSettings(BaseSettings):
     """Queue bound for models whose config sets none; 0 leaves them unbounded."""
     max_request_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     """Largest accepted request body (HTTP 413 above it; gRPC max message size)."""
+    load_models: list[str] = Field(default_factory=list)
+    """Serve only these models of the repository (like Triton's --load-model); empty:
+    all of them. A pool's pods load only the pool's models."""
     strict_model_load: bool = True
     """Refuse to start when a model cannot be loaded; if false, serve the others and
     report the broken model as not ready."""

@@ -152,12 +152,15 @@ def spawn(
     """Start ``cmd`` as is (a program of ours or not), its output collected line by line."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     out = subprocess.PIPE if capture else None
+    # its own process group: a terminal's Ctrl-C reaches the parent only, which stops
+    # its children in order (the edge drains before the gateway, the gateway before pods)
     proc = subprocess.Popen(
         cmd,
         stdout=out,
         stderr=subprocess.STDOUT if capture else None,
         text=True,
         env=full_env,
+        process_group=0,
     )
     lines: queue.Queue | None = None
     if capture:

@@ -68,10 +68,25 @@ def up(
         Path | None, typer.Option(help="PEM certificate: TLS at the edge (with --tls-key)")
     ] = None,
     tls_key: Annotated[Path | None, typer.Option(help="PEM private key of --tls-cert")] = None,
+    autoscale: Annotated[
+        bool,
+        typer.Option(
+            "--autoscale/--no-autoscale",
+            help="Scale the pod pool on demand (--pods is then the minimum)",
+        ),
+    ] = False,
+    target_rps_per_pod: Annotated[
+        float, typer.Option(help="Autoscale: requests/s one pod serves well")
+    ] = 50.0,
+    max_pods: Annotated[int, typer.Option(min=1, help="Autoscale: most pods")] = 10,
+    cpu_per_pod: Annotated[
+        float | None,
+        typer.Option(help="Autoscale: CPU cores per pod, a cgroup quota (default: no limit)"),
+    ] = None,
 ) -> None:
     """Run the local stack on loopback: the mesh control plane, inference pods, the
     gateway and Envoy at the edge on the public ports."""
-    from tenfold.stack import StackOptions
+    from tenfold.stack import AutoscaleOptions, StackOptions
     from tenfold.stack import up as run_stack
 
     if not (repository / "feed_user_tower").is_dir():
@@ -91,7 +106,21 @@ def up(
                 typer.echo(f"error: {path}: no such file", err=True)
                 raise typer.Exit(2)
         tls = (tls_cert, tls_key)
-    options = StackOptions(repository, pods, port, grpc_port, workers, threads, mesh, tls=tls)
+    scaling = None
+    if autoscale:
+        if not mesh:
+            typer.echo("error: --autoscale needs the mesh (drop --no-mesh)", err=True)
+            raise typer.Exit(2)
+        if target_rps_per_pod <= 0 or (cpu_per_pod is not None and cpu_per_pod <= 0):
+            typer.echo("error: --target-rps-per-pod and --cpu-per-pod must be > 0", err=True)
+            raise typer.Exit(2)
+        if max_pods < pods:
+            typer.echo(f"error: --max-pods ({max_pods}) < --pods ({pods})", err=True)
+            raise typer.Exit(2)
+        scaling = AutoscaleOptions(target_rps_per_pod, max_pods, cpu_per_pod)
+    options = StackOptions(
+        repository, pods, port, grpc_port, workers, threads, mesh, tls=tls, autoscale=scaling
+    )
     raise typer.Exit(run_stack(options))
 
 
