@@ -1,0 +1,177 @@
+"""The local provider with real pod processes behind a real Envoy and control plane:
+scaling up and down under a load loop loses no request; a CPU quota really limits a
+pod; pods load only their pool's models; and the stack ``tenfold up --autoscale``
+starts grows from one pod when demand rises."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from autoscale.cgroups import CgroupError, CpuLimiter
+from autoscale.local import LocalProvider
+from inference.launch import start_pod
+from mesh.envoy import start_envoy
+from mesh.launch import start_control_plane
+from tenfold.stack import AdminSink, AutoscaleOptions, Stack, StackOptions
+from tests.gateway.conftest import wait_until
+from tests.mesh.test_envoy import Edge, Load, mesh_file
+from tests.models import heavy, write_model
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+MODELS = ["scale", "mlp", "multi_io", "auto"]
+
+
+def cgroups_writable() -> bool:
+    try:
+        CpuLimiter(0.5, owner=f"tenfold-probe-{os.getpid()}").close()
+        return True
+    except CgroupError:
+        return False
+
+
+@pytest.fixture
+def edge(standard_repo):
+    control_plane = start_control_plane(mesh_file([]))
+    envoy = start_envoy("tenfold-edge", "127.0.0.1", control_plane.grpc_port)
+    edge = Edge(control_plane, envoy, [])
+    try:
+        yield edge
+    finally:
+        envoy.stop()
+        control_plane.stop()
+
+
+def provider_for(edge, repo: Path, limiter=None) -> LocalProvider:
+    return LocalProvider(
+        "pods", repo, MODELS, AdminSink(edge.control_plane.http), time.monotonic, limiter
+    )
+
+
+def converge(provider: LocalProvider, desired: int, timeout: float = 90.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        status = provider.reconcile(desired)
+        if status.ready == desired and status.starting == 0 and status.stopping == 0:
+            return status
+        assert time.monotonic() < deadline, f"not converged on {desired}: {status}"
+        time.sleep(0.1)
+
+
+def test_the_provider_scales_real_pods_up_and_down_under_load_without_failures(edge, standard_repo):
+    provider = provider_for(edge, standard_repo)
+    load = None
+    try:
+        converge(provider, 1)
+        wait_until(lambda: len(edge.hosts()) == 1, "Envoy to have the first pod", 5)
+        load = Load(edge)
+        load.start()
+        wait_until(lambda: load.ok > 30, "load on one pod")
+        converge(provider, 3)
+        wait_until(lambda: len(load.served) == 3, "traffic on all three pods", 10)
+        converge(provider, 1)
+        seen = load.ok
+        wait_until(lambda: load.ok > seen + 30, "traffic after the scale-down")
+        load.finish()
+    finally:
+        if load is not None:
+            load.finish()
+        provider.close()
+    assert load.failed == [], load.failed[:3]
+    assert provider.failed == 0
+    pools = requests.get(f"http://{edge.control_plane.http}/v1/pools", timeout=5).json()
+    assert pools["pools"]["pods"]["endpoints"] == []  # close() emptied the pool
+
+
+def test_pods_load_only_the_models_they_are_told_to(standard_repo):
+    pod = start_pod(standard_repo, "--load-model", "scale", "--load-model", "mlp")
+    try:
+        index = requests.post(f"http://{pod.http}/v2/repository/index", timeout=5).json()
+        assert {m["name"] for m in index} == {"mlp", "scale"}
+    finally:
+        pod.stop()
+    cmd = [sys.executable, "-m", "tenfold", "inference", "serve"]
+    cmd += ["--model-repository", str(standard_repo), "--load-model", "nope"]
+    cmd += ["--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "model 'nope': --load-model: no such model" in done.stderr + done.stdout
+
+
+@pytest.mark.timing
+@pytest.mark.skipif(not cgroups_writable(), reason="cgroups cannot be written here (not root?)")
+def test_a_cpu_quota_really_limits_a_pod(tmp_path):
+    repo = tmp_path / "repo"
+    write_model(repo, "heavy", heavy(width=512, layers=8), None)
+    limiter = CpuLimiter(0.1)
+    served = {}
+    group = None
+    try:
+        for label in ("unlimited", "limited"):
+            pod = start_pod(repo)
+            if label == "limited":
+                group = limiter.limit(pod.pid, "pod-limited")
+                assert (group / "cgroup.procs").read_text().split() != []
+                assert str(pod.pid) in (group / "cgroup.procs").read_text().split()
+            body = {
+                "inputs": [
+                    {"name": "x", "shape": [1, 512], "datatype": "FP32", "data": [0.1] * 512}
+                ]
+            }
+            session, count = requests.Session(), 0
+            end = time.monotonic() + 2.0
+            while time.monotonic() < end:
+                answer = session.post(f"http://{pod.http}/v2/models/heavy/infer", json=body)
+                assert answer.status_code == 200, answer.text
+                count += 1
+            served[label] = count
+            pod.stop()
+    finally:
+        limiter.close()
+    assert served["limited"] < 0.5 * served["unlimited"], served
+    assert group is not None and not group.exists()  # removed with the subtree
+    assert not limiter.subtree.exists()
+
+
+def test_tenfold_up_autoscale_grows_the_pool_when_demand_rises(quick_repo):
+    options = StackOptions(
+        quick_repo,
+        port=0,
+        grpc_port=0,
+        drain_s=0.2,
+        autoscale=AutoscaleOptions(target_rps_per_pod=4, max_replicas=3, tick_s=0.5),
+    )
+    stack = Stack(options)
+    stack.start(say=lambda *a, **k: None)
+    edge = f"http://127.0.0.1:{stack.ports['http']}"
+    body = {"user_id": 7, "count": 5}
+    failures, ok, desired = [], 0, []
+    try:
+        assert stack.provider.status().ready == 1
+        session = requests.Session()
+        deadline = time.monotonic() + 90
+        next_tick = time.monotonic()
+        while stack.provider.status().ready < 3:
+            assert time.monotonic() < deadline, f"no scale-up: desired {desired[-5:]}"
+            answer = session.post(f"{edge}/v1/feed", json=body, timeout=10)
+            if answer.status_code == 200:
+                ok += 1
+            else:
+                failures.append(answer.status_code)
+            if time.monotonic() >= next_tick:
+                next_tick += 0.5
+                desired.append(stack.autoscaler.tick().desired)
+            time.sleep(0.02)
+        for _ in range(20):  # all three pods serve
+            assert session.post(f"{edge}/v1/feed", json=body, timeout=10).status_code == 200
+    finally:
+        stack.stop(say=lambda *a, **k: None)
+    assert failures == []
+    assert max(desired) == 3
+    assert ok > 0
