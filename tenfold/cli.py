@@ -20,6 +20,7 @@ GROUPS = {
     "models": "tenfold.models.cli:app",
     "loadtest": "loadtest.cli:app",
     "mesh": "mesh.cli:app",
+    "autoscale": "autoscale.cli:app",
 }
 COMMANDS = {"optimize": "optimizers.cli:optimize_cmd"}
 
