@@ -179,7 +179,7 @@ def listener(config: MeshConfig, name: str, spec: Listener) -> listener_pb2.List
     filters: list[dict] = []
     if edge.rate_limit is not None:
         filters.append(_rate_limit(name, edge.rate_limit.requests_per_s, edge.rate_limit.burst))
-    if not grpc:  # a whole gRPC stream is not buffered; the gateway bounds its messages
+    if not grpc and edge.max_request_bytes:  # gRPC streams are not buffered whole
         filters.append(
             {
                 "name": "envoy.filters.http.buffer",

@@ -167,6 +167,11 @@ def test_edge_limits_reach_the_listeners():
         "envoy.filters.http.buffer",
         "envoy.filters.http.router",
     ]
+    default = build_snapshot(config(), {}, "1")  # no body limit at the edge by default
+    unpack(default, LISTENER, "http", listener_pb2.Listener()).filter_chains[0].filters[
+        1
+    ].typed_config.Unpack(manager)
+    assert [f.name for f in manager.http_filters] == ["envoy.filters.http.router"]
     grpc = unpack(snapshot, LISTENER, "grpc", listener_pb2.Listener())
     grpc.filter_chains[0].filters[1].typed_config.Unpack(manager)
     assert manager.codec_type == manager.HTTP2
