@@ -7,6 +7,7 @@ pod) loads the inference CLI, not the load tester's or the optimizer's.
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -123,6 +124,57 @@ def up(
         repository, pods, port, grpc_port, workers, threads, mesh, tls=tls, autoscale=scaling
     )
     raise typer.Exit(run_stack(options))
+
+
+@app.command()
+def drill(
+    repository: Annotated[
+        Path, typer.Option(help="Model repository with the default models")
+    ] = Path("var/model-repository"),
+    scenario: Annotated[str, typer.Option(help="effects or feed")] = "effects",
+    cpu_per_pod: Annotated[
+        float, typer.Option(help="CPU cores per pod (a cgroup quota; 0 = no limit)")
+    ] = 0.15,
+    pod_capacity: Annotated[
+        float | None, typer.Option(help="req/s of one pod (default: calibrate it)")
+    ] = None,
+    surge: Annotated[float, typer.Option(help="surge factor over the base load")] = 10.0,
+    base: Annotated[float, typer.Option(help="seconds of base load first")] = 30.0,
+    hold: Annotated[float, typer.Option(help="seconds the surge is held")] = 120.0,
+    after: Annotated[float, typer.Option(help="seconds of base load after the surge")] = 120.0,
+    max_pods: Annotated[int, typer.Option(min=1, help="most pods")] = 20,
+    report: Annotated[
+        Path | None, typer.Option(help="write drill.json and drill.html here")
+    ] = None,
+) -> None:
+    """Rehearse a tenfold surge through the real stack: calibrate one pod under its CPU
+    limit, run base load at 60% of it, step to 10x, hold, step back; print time to
+    capacity, the shed share during the surge and the 5xx count."""
+    from tenfold.drill import BUDGET_MS, DrillPlan
+    from tenfold.drill import drill as run_drill
+
+    if scenario not in BUDGET_MS:
+        typer.echo(f"error: --scenario must be one of {sorted(BUDGET_MS)}", err=True)
+        raise typer.Exit(2)
+    if cpu_per_pod < 0 or surge <= 1 or min(base, hold, after) <= 0:
+        typer.echo("error: --cpu-per-pod >= 0, --surge > 1, durations > 0", err=True)
+        raise typer.Exit(2)
+    if pod_capacity is not None and pod_capacity <= 0:
+        typer.echo("error: --pod-capacity must be > 0", err=True)
+        raise typer.Exit(2)
+    plan = DrillPlan(
+        repository,
+        scenario,
+        cpu_per_pod or None,
+        pod_capacity,
+        surge=surge,
+        base_s=base,
+        hold_s=hold,
+        after_s=after,
+        max_pods=max_pods,
+    )
+    results = run_drill(plan, report)
+    typer.echo(json.dumps(results["summary"], indent=2))
 
 
 def main() -> None:

@@ -1,0 +1,247 @@
+"""``tenfold drill``: rehearse a tenfold surge on this machine through the real stack
+(Envoy, the gateway following the mesh, the autoscaler, pods under CPU quotas).
+
+1. Calibrate: one pod's capacity under its CPU limit (the highest open-loop rate whose
+   p99 stays within the scenario's budget), unless ``--pod-capacity`` gives it.
+2. Base load at ``base_fraction`` of one pod, then ``surge`` x that, held, then base
+   again while the pool scales back down.
+3. Every second: offered rate, OK, shed (429/503), other errors, p50/p99 of OK answers,
+   desired and ready pods, capacity (ready x the pod capacity). Written as JSON and as
+   an HTML page (load, capacity and pods on one time axis; latency below); printed:
+   time to capacity, shed share during the surge, 5xx count.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from autoscale.policy import PolicySettings
+from loadtest.bench_peers import ladder
+from loadtest.recorder import Interval
+from loadtest.runner import Runner, RunPlan, run
+from loadtest.scenarios import ScenarioSpec
+from loadtest.targets import Target
+from tenfold.stack import AutoscaleOptions, Stack, StackOptions
+
+BUDGET_MS = {"effects": 500.0, "feed": 100.0}
+SHED = ("429", "503")
+
+
+@dataclass(frozen=True)
+class DrillPlan:
+    repository: Path
+    scenario: str = "effects"
+    cpu_per_pod: float | None = 0.15
+    pod_capacity: float | None = None
+    base_fraction: float = 0.6
+    surge: float = 10.0
+    base_s: float = 30.0
+    hold_s: float = 120.0
+    after_s: float = 120.0
+    max_pods: int = 20
+    scale_down_delay_s: float = 60.0
+    calibrate_s: float = 4.0
+
+
+@dataclass
+class Second:
+    t: int
+    phase: str
+    offered: float
+    ok: int
+    shed: int
+    errors: int
+    server_errors: int
+    p50_ms: float
+    p99_ms: float
+    desired: int
+    ready: int
+    capacity: float
+
+
+@dataclass
+class Recorder:
+    """Per-second rows, filled by the load runner's progress callback."""
+
+    pod_capacity: float
+    stack: Stack
+    rows: list[Second] = field(default_factory=list)
+    phases: list[tuple[str, int]] = field(default_factory=list)  # (name, first second)
+
+    def phase(self, name: str) -> None:
+        self.phases.append((name, len(self.rows)))
+
+    def second(self, rate: float, interval: Interval) -> None:
+        status = self.stack.provider.status()
+        desired = self.stack.autoscaler.state.desired or status.ready
+        shed = sum(interval.statuses.get(s, 0) for s in SHED)
+        server = sum(n for s, n in interval.statuses.items() if s.startswith("5"))
+        row = Second(
+            t=len(self.rows),
+            phase=self.phases[-1][0] if self.phases else "",
+            offered=rate,
+            ok=interval.ok,
+            shed=shed,
+            errors=sum(interval.errors.values()) - shed,
+            server_errors=server - interval.statuses.get("503", 0),
+            p50_ms=round(interval.percentile_ms(50), 2),
+            p99_ms=round(interval.percentile_ms(99), 2),
+            desired=desired,
+            ready=status.ready,
+            capacity=round(status.ready * self.pod_capacity, 1),
+        )
+        self.rows.append(row)
+        print(
+            f"  t={row.t:4d}s {row.phase:6s} offered {rate:6.1f}/s ok {row.ok:4d} "
+            f"shed {row.shed:3d} err {row.errors:3d} p99 {row.p99_ms:7.1f} ms "
+            f"pods {row.ready}/{row.desired} capacity {row.capacity:g}/s",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def calibrate(address: str, spec: ScenarioSpec, budget_ms: float, seconds: float) -> float:
+    """One pod's capacity: the highest rate of a x1.2 ladder within the p99 budget."""
+    plan = RunPlan(
+        Target.parse(f"http://{address}"),
+        spec,
+        ladder(1.0, 1.2, 2000.0),
+        seconds,
+        warmup_s=1.0,
+        p99_budget_ms=budget_ms,
+        timeout_s=10,
+    )
+    steps = run(plan)
+    passed = [s.rate for s in steps if s.meets(plan)]
+    if not passed:
+        raise RuntimeError("one pod met the p99 budget at no rate: nothing to calibrate")
+    return max(passed)
+
+
+def _ticker(stack: Stack, stop: threading.Event) -> None:
+    while not stop.wait(stack.autoscaler.settings.tick_s):
+        stack.autoscaler.tick()
+
+
+def summary(rows: list[Second], phases: list[tuple[str, int]], pod_capacity: float) -> dict:
+    start = {name: t for name, t in phases}
+    surge_at = start.get("surge", 0.0)
+    down_at = start.get("after", math.inf)
+    surge_rows = [r for r in rows if surge_at <= r.t < down_at]
+    demand = max((r.offered for r in surge_rows), default=0.0)
+    covered = next((r.t for r in surge_rows if r.capacity >= demand), None)
+    sent = sum(r.ok + r.shed + r.errors for r in surge_rows)
+    shed = sum(r.shed for r in surge_rows)
+    return {
+        "pod_capacity_rps": pod_capacity,
+        "surge_rps": demand,
+        "time_to_capacity_s": None if covered is None else round(covered - surge_at, 1),
+        "surge_shed_share": round(shed / sent, 4) if sent else None,
+        "server_errors_5xx": sum(r.server_errors for r in rows),
+        "other_errors": sum(r.errors for r in rows),
+        "max_ready": max((r.ready for r in rows), default=0),
+        "final_ready": rows[-1].ready if rows else 0,
+    }
+
+
+def drill(plan: DrillPlan, report: Path | None = None) -> dict:
+    spec = ScenarioSpec(plan.scenario)
+    budget = BUDGET_MS[plan.scenario]
+    scaling = AutoscaleOptions(
+        target_rps_per_pod=plan.pod_capacity or 1.0,
+        max_replicas=plan.max_pods,
+        cpu_per_pod=plan.cpu_per_pod,
+    )
+    stack = Stack(StackOptions(plan.repository, port=0, grpc_port=0, autoscale=scaling))
+    stack.start(say=lambda text, end="\n": print(text, end=end, file=sys.stderr, flush=True))
+    try:
+        edge = f"127.0.0.1:{stack.ports['http']}"
+        capacity = plan.pod_capacity
+        if capacity is None:
+            print("calibrating one pod's capacity ...", file=sys.stderr, flush=True)
+            capacity = calibrate(edge, spec, budget, plan.calibrate_s)
+        print(f"one pod: {capacity:g} req/s within p99 {budget:g} ms", file=sys.stderr)
+        stack.autoscaler.settings = PolicySettings(
+            target_rps_per_pod=capacity,
+            min_replicas=1,
+            max_replicas=plan.max_pods,
+            scale_down_delay_s=plan.scale_down_delay_s,
+        )
+        base = round(plan.base_fraction * capacity, 2)
+        recorder = Recorder(capacity, stack)
+        load = RunPlan(Target.parse(f"http://{edge}"), spec, (base,), plan.base_s, timeout_s=10)
+        stop = threading.Event()
+        ticker = threading.Thread(target=_ticker, args=(stack, stop), daemon=True)
+        with Runner(load, lambda n, rate, s, interval: recorder.second(rate, interval)) as runner:
+            ticker.start()
+            for number, (name, rate, seconds) in enumerate(
+                [
+                    ("base", base, plan.base_s),
+                    ("surge", base * plan.surge, plan.hold_s),
+                    ("after", base, plan.after_s),
+                ],
+                start=1,
+            ):
+                recorder.phase(name)
+                runner.step(number, rate, seconds)
+        stop.set()
+        ticker.join(10)
+        results = {
+            "plan": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(plan).items()},
+            "summary": summary(recorder.rows, recorder.phases, capacity),
+            "phases": recorder.phases,
+            "seconds": [asdict(r) for r in recorder.rows],
+        }
+    finally:
+        stack.stop(say=lambda *a, **k: None)
+    if report is not None:
+        report.mkdir(parents=True, exist_ok=True)
+        (report / "drill.json").write_text(json.dumps(results, indent=1))
+        write_html(results, report / "drill.html")
+    return results
+
+
+def write_html(results: dict, path: Path) -> None:
+    """Load, capacity and pods on one time axis; latency below (matplotlib, inlined)."""
+    import base64
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = results["seconds"]
+    t = [r["t"] for r in rows]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
+    top.plot(t, [r["offered"] for r in rows], label="offered req/s")
+    top.plot(t, [r["ok"] for r in rows], label="OK req/s")
+    top.plot(t, [r["shed"] for r in rows], label="shed req/s")
+    top.plot(t, [r["capacity"] for r in rows], label="capacity req/s", linestyle="--")
+    pods = top.twinx()
+    pods.step(t, [r["ready"] for r in rows], where="post", color="black", label="ready pods")
+    pods.step(t, [r["desired"] for r in rows], where="post", color="grey", label="desired")
+    pods.set_ylabel("pods")
+    top.set_ylabel("requests/s")
+    top.legend(loc="upper left")
+    pods.legend(loc="upper right")
+    bottom.plot(t, [r["p50_ms"] for r in rows], label="p50 ms")
+    bottom.plot(t, [r["p99_ms"] for r in rows], label="p99 ms")
+    bottom.set_yscale("log")
+    bottom.set_xlabel("seconds")
+    bottom.legend()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    image = base64.b64encode(buffer.getvalue()).decode()
+    s = results["summary"]
+    items = "".join(f"<li>{k}: {v}</li>" for k, v in s.items())
+    path.write_text(
+        "<!doctype html><meta charset=utf-8><title>tenfold drill</title>"
+        f"<h1>tenfold drill</h1><ul>{items}</ul><img src='data:image/png;base64,{image}'>"
+    )
