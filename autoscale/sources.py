@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from autoscale.policy import Observation
 
 log = logging.getLogger("tenfold.autoscale")
-REQUESTS = "tenfold_gateway_requests"
+REQUESTS = "tenfold_gateway_arrivals"
 INFLIGHT = "tenfold_gateway_inflight_requests"
 
 
@@ -26,8 +26,10 @@ def _get(url: str, timeout: float) -> str:
 
 
 def totals(text: str, routes: Iterable[str]) -> tuple[float, float]:
-    """(requests answered so far, in flight now) over ``routes`` in one exposition text.
-    Every status counts: a request refused with 429 or 503 is still demand."""
+    """(requests arrived so far, in flight now) over ``routes`` in one exposition text.
+    Arrivals are counted when a request comes in, before any shedding: a request then
+    refused with 429 or 503 is still demand, and a backlog finishing late is not new
+    demand."""
     wanted = set(routes)
     answered = inflight = 0.0
     for family in text_string_to_metric_families(text):

@@ -85,6 +85,7 @@ class GatewayCore:
         start = self.clock()
         code = "200"
         call: Call | None = None
+        self.metrics.arrivals.labels(route).inc()
         self.metrics.inflight.labels(route).inc()
         try:
             if self.draining:

@@ -30,6 +30,13 @@ class GatewayMetrics:
             ("route", "code", "arm"),
             registry=r,
         )
+        self.arrivals = Counter(
+            "tenfold_gateway_arrivals",
+            "Requests received, by route, counted on arrival before any shedding: the "
+            "demand the autoscaler plans for.",
+            ("route",),
+            registry=r,
+        )
         self.latency = Histogram(
             "tenfold_gateway_request_duration_seconds",
             "Time from request received to answer, by route.",

@@ -190,13 +190,15 @@ class DataPlane:
             raise ModelNotReady(f"model '{served.spec.name}' is still loading")
         return served
 
-    async def infer(self, request: InferRequest) -> InferResponse:
+    async def infer(self, request: InferRequest, deadline_s: float | None = None) -> InferResponse:
+        """Run ``request``; ``deadline_s`` is the caller's remaining time, if it has one
+        (a gRPC deadline): a request the queue cannot serve in time is refused at once."""
         served = self.servable(request.model_name, request.model_version)
         start = time.perf_counter()
         self._in_flight += 1
         self._idle.clear()
         try:
-            response = await self._infer(served, request)
+            response = await self._infer(served, request, deadline_s)
         except TenfoldError as exc:
             served.observer.failed(type(exc).__name__)
             raise
@@ -213,10 +215,14 @@ class DataPlane:
         served.observer.finished(time.perf_counter() - start)
         return response
 
-    async def _infer(self, served: ServedVersion, request: InferRequest) -> InferResponse:
+    async def _infer(
+        self, served: ServedVersion, request: InferRequest, deadline_s: float | None
+    ) -> InferResponse:
         spec = served.spec
         feed, rows = model_inputs(spec, request)
-        outputs = await served.batcher.submit(feed, rows, queue_timeout_s(request))
+        outputs = await served.batcher.submit(
+            feed, rows, queue_timeout_s(request), deadline_s=deadline_s
+        )
         wanted = [o.name for o in request.outputs] or [t.name for t in spec.outputs]
         tensors = []
         for name in wanted:

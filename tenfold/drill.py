@@ -45,7 +45,7 @@ class DrillPlan:
     after_s: float = 120.0
     max_pods: int = 20
     scale_down_delay_s: float = 60.0
-    calibrate_s: float = 4.0
+    calibrate_s: float = 8.0
 
 
 @dataclass
@@ -62,6 +62,7 @@ class Second:
     desired: int
     ready: int
     capacity: float
+    decision: str = ""
 
 
 @dataclass
@@ -94,6 +95,7 @@ class Recorder:
             desired=desired,
             ready=status.ready,
             capacity=round(status.ready * self.pod_capacity, 1),
+            decision=last.reason if (last := self.stack.autoscaler.state.last) else "",
         )
         self.rows.append(row)
         print(
@@ -106,11 +108,13 @@ class Recorder:
 
 
 def calibrate(address: str, spec: ScenarioSpec, budget_ms: float, seconds: float) -> float:
-    """One pod's capacity: the highest rate of a x1.2 ladder within the p99 budget."""
+    """One pod's capacity: the highest rate of a x1.15 ladder that is kept (95% served)
+    within the p99 budget for ``seconds`` (short steps overrate a pod whose queue has
+    not filled yet)."""
     plan = RunPlan(
         Target.parse(f"http://{address}"),
         spec,
-        ladder(1.0, 1.2, 2000.0),
+        ladder(1.0, 1.15, 2000.0),
         seconds,
         warmup_s=1.0,
         p99_budget_ms=budget_ms,

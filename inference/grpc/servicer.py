@@ -64,7 +64,7 @@ class InferenceServicer:
     async def ModelInfer(self, request, context):
         try:
             self._dp.servable(request.model_name, request.model_version)
-            response = await self._dp.infer(decode_request(request))
+            response = await self._dp.infer(decode_request(request), context.time_remaining())
         except Exception as exc:
             await _abort(context, exc)
         return encode_response(response)

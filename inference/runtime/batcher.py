@@ -94,6 +94,10 @@ class DynamicBatcher:
         self._scheduler: asyncio.Task | None = None
         self._running: set[asyncio.Task] = set()
         self._loop = asyncio.get_running_loop()
+        self._instances = max(1, instances)
+        #: seconds of one instance per row (moving average over executed batches)
+        self._row_s: float | None = None
+        self._running_rows = 0
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
@@ -117,17 +121,39 @@ class DynamicBatcher:
         return len(self._queue)
 
     # -- submit ----------------------------------------------------------------------
+    def expected_wait_s(self, rows: int) -> float | None:
+        """How long ``rows`` more rows would take to be served from now, judged by the
+        rows queued and running and the measured seconds per row (None: not measured)."""
+        if self._row_s is None:
+            return None
+        queued = sum(p.rows for p in self._queue if p.alive())
+        return (queued + self._running_rows + rows) * self._row_s / self._instances
+
     async def submit(
-        self, inputs: dict[str, np.ndarray], rows: int, timeout_s: float | None = None
+        self,
+        inputs: dict[str, np.ndarray],
+        rows: int,
+        timeout_s: float | None = None,
+        deadline_s: float | None = None,
     ) -> dict[str, np.ndarray]:
         """Queue one request of ``rows`` rows; return its own output rows.
 
         ``timeout_s`` overrides the policy's default queue timeout when the policy
-        allows it."""
+        allows it. ``deadline_s``: the caller's remaining time; a request that the queue
+        cannot serve within it is refused at once (``Overloaded``) instead of being
+        queued to time out: under overload the pod sheds fast and spends its CPU only
+        on answers someone still waits for."""
         if self._scheduler is None:
             raise ServerUnavailable("model is not serving")
         if self._max_queue and len(self._queue) >= self._max_queue:
             raise Overloaded(f"queue is full ({self._max_queue} requests waiting); retry later")
+        if deadline_s is not None:
+            wait = self.expected_wait_s(rows)
+            if wait is not None and wait > deadline_s:
+                raise Overloaded(
+                    f"the queue would take {wait * 1000:.0f} ms, past the request's deadline "
+                    f"({deadline_s * 1000:.0f} ms left); retry later"
+                )
         policy = self._policy
         if timeout_s is None or not policy.allow_timeout_override:
             timeout_s = policy.default_timeout_s
@@ -249,9 +275,15 @@ class DynamicBatcher:
         batch = [p for p in batch if p.alive()]
         if not batch:
             return
+        rows = sum(p.rows for p in batch)
+        self._running_rows += rows
+        started = self._loop.time()
         try:
             result = await self._execute([p.inputs for p in batch], [p.rows for p in batch])
+            per_row = (self._loop.time() - started) / rows
+            self._row_s = per_row if self._row_s is None else 0.8 * self._row_s + 0.2 * per_row
         except Exception as exc:
+            self._running_rows -= rows
             if len(batch) == 1:
                 self._fail(batch[0], exc)
                 return
@@ -260,6 +292,7 @@ class DynamicBatcher:
             await self._isolate(batch[:half])
             await self._isolate(batch[half:])
             return
+        self._running_rows -= rows
         self._observer.computed(result.compute_s)
         for pending, outputs in zip(batch, result.outputs, strict=True):
             if pending.alive():

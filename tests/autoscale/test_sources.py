@@ -11,12 +11,14 @@ import pytest
 from autoscale.sources import PrometheusSource, ScrapeSource, totals
 
 EXPOSITION = """\
+# HELP tenfold_gateway_arrivals_total Requests received.
+# TYPE tenfold_gateway_arrivals_total counter
+tenfold_gateway_arrivals_total{{route="feed"}} {feed_ok}
+tenfold_gateway_arrivals_total{{route="effects"}} 7.0
+tenfold_gateway_arrivals_total{{route="infer"}} 1000.0
 # HELP tenfold_gateway_requests_total Requests answered.
 # TYPE tenfold_gateway_requests_total counter
-tenfold_gateway_requests_total{{route="feed",code="200",arm=""}} {feed_ok}
-tenfold_gateway_requests_total{{route="feed",code="429",arm=""}} {feed_shed}
-tenfold_gateway_requests_total{{route="effects",code="200",arm=""}} 7.0
-tenfold_gateway_requests_total{{route="infer",code="200",arm=""}} 1000.0
+tenfold_gateway_requests_total{{route="feed",code="200",arm=""}} 999.0
 # HELP tenfold_gateway_inflight_requests Requests being handled.
 # TYPE tenfold_gateway_inflight_requests gauge
 tenfold_gateway_inflight_requests{{route="feed"}} 3.0
@@ -24,8 +26,9 @@ tenfold_gateway_inflight_requests{{route="effects"}} 2.0
 """
 
 
-def text(feed_ok: float, feed_shed: float = 0.0) -> str:
-    return EXPOSITION.format(feed_ok=feed_ok, feed_shed=feed_shed)
+def text(feed: float, feed_shed: float = 0.0) -> str:
+    """``feed`` requests arrived, ``feed_shed`` more of them refused (arrivals too)."""
+    return EXPOSITION.format(feed_ok=feed + feed_shed)
 
 
 class Clock:
@@ -92,7 +95,7 @@ def test_prometheus_source_queries_rate_and_inflight_for_the_routes():
     observation = source.observe(2)
     assert (observation.arrival_rate, observation.inflight, observation.ready) == (42.5, 7.0, 2)
     assert source.rate_query == (
-        'sum(rate(tenfold_gateway_requests_total{route=~"effects|feed"}[10s]))'
+        'sum(rate(tenfold_gateway_arrivals_total{route=~"effects|feed"}[10s]))'
     )
     assert asked[0].startswith("http://prom:9090/api/v1/query?query=sum%28rate%28")
 

@@ -329,3 +329,35 @@ async def test_a_bad_request_fails_alone_not_its_batch():
     # the 10 were batched together; the failure was bisected down to the two guilty ones
     assert model.batches[0] == [1] * 10
     assert [1] in model.batches and len(model.batches) < 2 * 10
+
+
+class SlowModel(FakeModel):
+    """Each batch takes ``seconds`` of loop time (and the gate, when closed)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    async def execute(self, parts, rows):
+        await asyncio.sleep(self.seconds)
+        return await super().execute(parts, rows)
+
+
+async def test_a_request_the_queue_cannot_serve_before_its_deadline_is_refused_at_once():
+    model = SlowModel(0.1)
+    batcher = make(model, policy=None, max_batch=1)
+    assert batcher.expected_wait_s(1) is None  # nothing measured yet: nobody refused
+    await batcher.submit(row(0), 1, deadline_s=0.01)
+    assert batcher.expected_wait_s(1) >= 0.1  # one row took >= 0.1 s
+    model.gate.clear()
+    held = [asyncio.ensure_future(batcher.submit(row(i), 1)) for i in range(3)]
+    await model.started(2)
+    await queued(batcher, 2)
+    with pytest.raises(Overloaded, match="past the request's deadline"):
+        await batcher.submit(row(9), 1, deadline_s=0.15)  # needs ~0.4 s
+    patient = asyncio.ensure_future(batcher.submit(row(8), 1, deadline_s=30))
+    await queued(batcher, 3)
+    model.gate.set()
+    results = await asyncio.wait_for(asyncio.gather(*held, patient), 10)
+    assert [float(r["y"][0, 0]) for r in results] == [0.0, 2.0, 4.0, 16.0]
+    await batcher.stop()
