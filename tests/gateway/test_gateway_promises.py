@@ -361,12 +361,13 @@ def exposed(texts: list[str], documented: str) -> list[set[str]]:
 
 
 def test_every_documented_metric_is_exposed_with_its_labels(make_gateway, scripted, pods, gate):
-    # guards docs/gateway.md (Metrics): "`tenfold_gateway_requests_total{route, code,
+    # guards docs/gateway.md (Metrics): "`tenfold_gateway_arrivals_total{route}` ...
+    # `tenfold_gateway_requests_total{route, code,
     # arm}`, ... `tenfold_gateway_upstream_duration_seconds{pool, outcome}`" and README
     # (pod): "**Metrics** on the metrics port at `/metrics`, labelled `model` and
     # `version`: ..." -- parsed from the docs, so a renamed metric or label fails here
     gateway_doc, pod_doc = documented_gateway_metrics(), documented_pod_metrics()
-    assert len(gateway_doc) == 7 and len(pod_doc) == 9  # the parser found the lists
+    assert len(gateway_doc) == 8 and len(pod_doc) == 9  # the parser found the lists
     image = jpeg()
     # traffic that makes every labelled series appear: answers, a hedge, a retry, an
     # ejection (scripted endpoint), a shed request (a gate holding the only slot)
