@@ -40,6 +40,7 @@ def test_bench_lists_pod_gateway_and_peers():
         ("pod", ["--duration", "--concurrency", "--rows", "--instances", "--threads", "--out"]),
         ("gateway", ["--repository", "--duration", "--out"]),
         ("peers", ["--repository", "--triton-venv", "--no-triton", "--duration", "--rows"]),
+        ("mesh", ["--repository", "--duration", "--rows", "--changes", "--out"]),
     ],
 )
 def test_each_benchmark_keeps_its_options(command, options):
