@@ -104,7 +104,8 @@ class LocalProvider:
         return [p.process.pid for p in everyone]
 
     def close(self) -> None:
-        """Leave the pool, drain and stop every pod, remove the cgroups."""
+        """Leave the pool, drain and stop every pod, release their cgroups (the limiter
+        itself belongs to whoever made it)."""
         everyone = [*self._pods, *self._starting, *self._leaving, *self._draining]
         self._pods, self._starting, self._leaving, self._draining = [], [], [], []
         try:
@@ -116,8 +117,6 @@ class LocalProvider:
                 pod.process.proc.terminate()
         for pod in everyone:
             self._stop(pod, terminate=False)
-        if self.limiter is not None:
-            self.limiter.close()
 
     # -- steps ----------------------------------------------------------------------------
     def _start(self, now: float) -> None:

@@ -78,8 +78,12 @@ def up(
         ),
     ] = False,
     target_rps_per_pod: Annotated[
-        float, typer.Option(help="Autoscale: requests/s one pod serves well")
-    ] = 50.0,
+        list[str] | None,
+        typer.Option(
+            help="Autoscale: POOL=REQ_PER_S one pod of the pool serves well (repeatable; "
+            "defaults feed=200, effects=20)"
+        ),
+    ] = None,
     max_pods: Annotated[int, typer.Option(min=1, help="Autoscale: most pods")] = 10,
     cpu_per_pod: Annotated[
         float | None,
@@ -88,7 +92,8 @@ def up(
 ) -> None:
     """Run the local stack on loopback: the mesh control plane, inference pods, the
     gateway and Envoy at the edge on the public ports."""
-    from tenfold.stack import AutoscaleOptions, StackOptions
+    from tenfold.scaling import AutoscaleOptions, parse_targets
+    from tenfold.stack import StackOptions
     from tenfold.stack import up as run_stack
 
     if not (repository / "feed_user_tower").is_dir():
@@ -113,13 +118,18 @@ def up(
         if not mesh:
             typer.echo("error: --autoscale needs the mesh (drop --no-mesh)", err=True)
             raise typer.Exit(2)
-        if target_rps_per_pod <= 0 or (cpu_per_pod is not None and cpu_per_pod <= 0):
-            typer.echo("error: --target-rps-per-pod and --cpu-per-pod must be > 0", err=True)
+        try:
+            targets = parse_targets(target_rps_per_pod or [])
+        except ValueError as exc:
+            typer.echo(f"error: --target-rps-per-pod {exc}", err=True)
+            raise typer.Exit(2) from None
+        if cpu_per_pod is not None and cpu_per_pod <= 0:
+            typer.echo("error: --cpu-per-pod must be > 0", err=True)
             raise typer.Exit(2)
         if max_pods < pods:
             typer.echo(f"error: --max-pods ({max_pods}) < --pods ({pods})", err=True)
             raise typer.Exit(2)
-        scaling = AutoscaleOptions(target_rps_per_pod, max_pods, cpu_per_pod)
+        scaling = AutoscaleOptions(targets, max_pods, cpu_per_pod)
     options = StackOptions(
         repository, pods, port, grpc_port, workers, threads, mesh, tls=tls, autoscale=scaling
     )

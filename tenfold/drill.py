@@ -26,7 +26,8 @@ from loadtest.recorder import Interval
 from loadtest.runner import Runner, RunPlan, run
 from loadtest.scenarios import ScenarioSpec
 from loadtest.targets import Target
-from tenfold.stack import AutoscaleOptions, Stack, StackOptions
+from tenfold.scaling import DEFAULT_TARGETS, AutoscaleOptions
+from tenfold.stack import Stack, StackOptions
 
 BUDGET_MS = {"effects": 500.0, "feed": 100.0}
 SHED = ("429", "503")
@@ -71,6 +72,7 @@ class Recorder:
 
     pod_capacity: float
     stack: Stack
+    pool: str
     rows: list[Second] = field(default_factory=list)
     phases: list[tuple[str, int]] = field(default_factory=list)  # (name, first second)
 
@@ -78,8 +80,9 @@ class Recorder:
         self.phases.append((name, len(self.rows)))
 
     def second(self, rate: float, interval: Interval) -> None:
-        status = self.stack.provider.status()
-        desired = self.stack.autoscaler.state.desired or status.ready
+        status = self.stack.scaled.providers[self.pool].status()
+        autoscaler = self.stack.scaled.autoscalers[self.pool]
+        desired = autoscaler.state.desired or status.ready
         shed = sum(interval.statuses.get(s, 0) for s in SHED)
         server = sum(n for s, n in interval.statuses.items() if s.startswith("5"))
         row = Second(
@@ -95,7 +98,7 @@ class Recorder:
             desired=desired,
             ready=status.ready,
             capacity=round(status.ready * self.pod_capacity, 1),
-            decision=last.reason if (last := self.stack.autoscaler.state.last) else "",
+            decision=last.reason if (last := autoscaler.state.last) else "",
         )
         self.rows.append(row)
         print(
@@ -128,8 +131,8 @@ def calibrate(address: str, spec: ScenarioSpec, budget_ms: float, seconds: float
 
 
 def _ticker(stack: Stack, stop: threading.Event) -> None:
-    while not stop.wait(stack.autoscaler.settings.tick_s):
-        stack.autoscaler.tick()
+    while not stop.wait(stack.scaled.options.tick_s):
+        stack.scaled.tick()
 
 
 def summary(rows: list[Second], phases: list[tuple[str, int]], pod_capacity: float) -> dict:
@@ -156,11 +159,9 @@ def summary(rows: list[Second], phases: list[tuple[str, int]], pod_capacity: flo
 def drill(plan: DrillPlan, report: Path | None = None) -> dict:
     spec = ScenarioSpec(plan.scenario)
     budget = BUDGET_MS[plan.scenario]
-    scaling = AutoscaleOptions(
-        target_rps_per_pod=plan.pod_capacity or 1.0,
-        max_replicas=plan.max_pods,
-        cpu_per_pod=plan.cpu_per_pod,
-    )
+    pool = plan.scenario  # the pool serving the scenario's product
+    targets = {**DEFAULT_TARGETS, pool: plan.pod_capacity or DEFAULT_TARGETS[pool]}
+    scaling = AutoscaleOptions(targets, plan.max_pods, plan.cpu_per_pod)
     stack = Stack(StackOptions(plan.repository, port=0, grpc_port=0, autoscale=scaling))
     stack.start(say=lambda text, end="\n": print(text, end=end, file=sys.stderr, flush=True))
     try:
@@ -170,14 +171,14 @@ def drill(plan: DrillPlan, report: Path | None = None) -> dict:
             print("calibrating one pod's capacity ...", file=sys.stderr, flush=True)
             capacity = calibrate(edge, spec, budget, plan.calibrate_s)
         print(f"one pod: {capacity:g} req/s within p99 {budget:g} ms", file=sys.stderr)
-        stack.autoscaler.settings = PolicySettings(
+        stack.scaled.autoscalers[pool].settings = PolicySettings(
             target_rps_per_pod=capacity,
             min_replicas=1,
             max_replicas=plan.max_pods,
             scale_down_delay_s=plan.scale_down_delay_s,
         )
         base = round(plan.base_fraction * capacity, 2)
-        recorder = Recorder(capacity, stack)
+        recorder = Recorder(capacity, stack, pool)
         load = RunPlan(Target.parse(f"http://{edge}"), spec, (base,), plan.base_s, timeout_s=10)
         stop = threading.Event()
         ticker = threading.Thread(target=_ticker, args=(stack, stop), daemon=True)

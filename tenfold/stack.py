@@ -19,16 +19,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from autoscale.autoscaler import Autoscaler
-from autoscale.cgroups import CgroupError, CpuLimiter
-from autoscale.local import LocalProvider
-from autoscale.policy import PolicySettings
-from autoscale.sources import ScrapeSource
+from autoscale.cgroups import CgroupError
 from gateway.launch import DEFAULT_MODELS, gateway_config, start_gateway
 from inference.launch import start_pod
 from mesh.envoy import EnvoyProcess, start_envoy
 from mesh.launch import put_endpoints, start_control_plane
 from servicekit.launcher import LaunchError, ServiceProcess
+from tenfold.scaling import PRODUCT_POOLS, AutoscaleOptions, ScaledPools
 
 POD_POOL = "default"
 EXAMPLES = """\
@@ -64,27 +61,9 @@ class StackOptions:
     autoscale: AutoscaleOptions | None = None
 
 
-@dataclass(frozen=True)
-class AutoscaleOptions:
-    target_rps_per_pod: float
-    max_replicas: int = 10
-    #: CPU cores per pod (a cgroup quota); None: no limit
-    cpu_per_pod: float | None = None
-    tick_s: float = 2.0
-
-
-class AdminSink:
-    """The autoscaler's endpoint changes, through the control plane's admin API."""
-
-    def __init__(self, admin: str) -> None:
-        self.admin = admin
-
-    def set_endpoints(self, pool: str, endpoints: list[dict]) -> None:
-        put_endpoints(self.admin, pool, endpoints)
-
-
 def mesh_file(options: StackOptions) -> dict:
-    """The mesh of the local stack: the public ports at the edge, one pod pool."""
+    """The mesh of the local stack: the public ports at the edge; one pod pool, or one
+    per product when the pools scale."""
     tls = None
     if options.tls is not None:
         tls = {
@@ -96,8 +75,14 @@ def mesh_file(options: StackOptions) -> dict:
             "http": {"port": options.port, "protocol": "http", "tls": tls},
             "grpc": {"port": options.grpc_port, "protocol": "grpc", "tls": tls},
         },
-        "pools": {"gateway": {}, POD_POOL: {"models": list(DEFAULT_MODELS)}},
+        "pools": {"gateway": {}, **{p: {"models": list(m)} for p, m in pod_pools(options).items()}},
     }
+
+
+def pod_pools(options: StackOptions) -> dict[str, tuple[str, ...]]:
+    if options.autoscale is not None:
+        return dict(PRODUCT_POOLS)
+    return {POD_POOL: tuple(DEFAULT_MODELS)}
 
 
 def _pod_set(pods: list[ServiceProcess]) -> list[dict]:
@@ -112,8 +97,7 @@ class Stack:
         self.gateway: ServiceProcess | None = None
         self.envoy: EnvoyProcess | None = None
         self.ports: dict[str, int] = {}
-        self.provider: LocalProvider | None = None
-        self.autoscaler: Autoscaler | None = None
+        self.scaled: ScaledPools | None = None
 
     @property
     def children(self) -> list[ServiceProcess]:
@@ -128,7 +112,7 @@ class Stack:
             self.control_plane = start_control_plane(mesh_file(o))
             say(self.control_plane.new_output(), end="")
         if o.autoscale is not None:
-            self._start_pool(say)
+            self._start_pools(say)
         for i in range(o.pods if o.autoscale is None else 0):
             pod = start_pod(o.repo, intra_op_threads=o.threads)
             self.pods.append(pod)
@@ -142,10 +126,13 @@ class Stack:
             say(self.gateway.new_output(), end="")
             return
         config = gateway_config(o.repo, self.pods, workers=o.workers, xds=self.control_plane.grpc)
+        if self.scaled is not None:  # a pool per product
+            config["pools"] = {p: {"models": list(m)} for p, m in PRODUCT_POOLS.items()}
+            config["feed_pool"], config["effects_pool"] = "feed", "effects"
         self.gateway = start_gateway(config)
         say(self.gateway.new_output(), end="")
-        if self.provider is not None:
-            self._start_autoscaler()
+        if self.scaled is not None:
+            self.scaled.attach(f"http://{self.gateway.http}/metrics")
         gateway = [{"http": self.gateway.http, "grpc": self.gateway.grpc}]
         put_endpoints(self.control_plane.http, "gateway", gateway)
         self.envoy = start_envoy(
@@ -158,39 +145,14 @@ class Stack:
             f"grpc 127.0.0.1:{self.ports['grpc']}, admin 127.0.0.1:{self.envoy.admin_port}"
         )
 
-    def _start_pool(self, say) -> None:
-        """The pod pool under the local provider, grown to its minimum before the rest."""
+    def _start_pools(self, say) -> None:
+        """The product pools under local providers, grown to their minimum first."""
         o, a = self.options, self.options.autoscale
-        limiter = CpuLimiter(a.cpu_per_pod) if a.cpu_per_pod else None
-        self.provider = LocalProvider(
-            POD_POOL,
-            o.repo,
-            list(DEFAULT_MODELS),
-            AdminSink(self.control_plane.http),
-            time.monotonic,
-            limiter,
-            threads=o.threads,
-        )
-        deadline = time.monotonic() + 300
-        while self.provider.reconcile(o.pods).ready < o.pods:
-            if time.monotonic() > deadline:
-                raise LaunchError(f"the pool did not reach {o.pods} ready pods in 300 s")
-            time.sleep(0.1)
+        self.scaled = ScaledPools(a, o.repo, self.control_plane.http, o.pods, o.threads)
+        self.scaled.start()
         limit = f"{a.cpu_per_pod:g} CPU each" if a.cpu_per_pod else "no CPU limit"
-        say(f"tenfold: pool {POD_POOL}: {o.pods} pod(s) ready ({limit})")
-
-    def _start_autoscaler(self) -> None:
-        a = self.options.autoscale
-        settings = PolicySettings(
-            target_rps_per_pod=a.target_rps_per_pod,
-            min_replicas=self.options.pods,
-            max_replicas=a.max_replicas,
-            tick_s=a.tick_s,
-        )
-        source = ScrapeSource(
-            [f"http://{self.gateway.http}/metrics"], ("feed", "effects", "infer"), time.monotonic
-        )
-        self.autoscaler = Autoscaler(POD_POOL, source, self.provider, settings, time.monotonic)
+        for pool, models in PRODUCT_POOLS.items():
+            say(f"tenfold: pool {pool} ({', '.join(models)}): {o.pods} pod(s) ready ({limit})")
 
     def stop(self, say=print) -> None:
         """Envoy drains, then the gateway; each pod leaves its pool before it drains."""
@@ -210,8 +172,8 @@ class Stack:
                     pass
             pod.stop()
             say(pod.new_output(), end="")
-        if self.provider is not None:
-            self.provider.close()
+        if self.scaled is not None:
+            self.scaled.close()
         if self.control_plane is not None:
             self.control_plane.stop()
             say(self.control_plane.new_output(), end="")
@@ -235,19 +197,18 @@ def up(options: StackOptions) -> int:
             return 1
         kserve = " (straight to the pod, via Envoy)" if options.mesh else " (gateway pass-through)"
         say(EXAMPLES.format(http=stack.ports["http"], grpc=stack.ports["grpc"], kserve=kserve))
-        next_tick, last = time.monotonic(), None
+        next_tick, last = time.monotonic(), {}
         while not stop.wait(0.5):
-            if stack.autoscaler is not None and time.monotonic() >= next_tick:
-                next_tick += stack.autoscaler.settings.tick_s
-                decision = stack.autoscaler.tick()
-                status = stack.provider.status()
-                view = (decision.desired, status.ready, status.starting, status.stopping)
-                if view != last:
-                    say(
-                        f"tenfold autoscale: {decision.reason}; starting {status.starting}, "
-                        f"stopping {status.stopping}"
-                    )
-                    last = view
+            if stack.scaled is not None and time.monotonic() >= next_tick:
+                next_tick += stack.scaled.options.tick_s
+                for pool, decision, status in stack.scaled.tick():
+                    view = (decision.desired, status.ready, status.starting, status.stopping)
+                    if view != last.get(pool):
+                        say(
+                            f"tenfold autoscale {pool}: {decision.reason}; starting "
+                            f"{status.starting}, stopping {status.stopping}"
+                        )
+                        last[pool] = view
             for child in stack.children:  # what the services say from now on
                 say(child.new_output(), end="")
             if any(p.proc.poll() is not None for p in stack.children):

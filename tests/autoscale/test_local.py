@@ -19,7 +19,8 @@ from autoscale.local import LocalProvider
 from inference.launch import start_pod
 from mesh.envoy import start_envoy
 from mesh.launch import start_control_plane
-from tenfold.stack import AdminSink, AutoscaleOptions, Stack, StackOptions
+from tenfold.scaling import AdminSink, AutoscaleOptions
+from tenfold.stack import Stack, StackOptions
 from tests.gateway.conftest import wait_until
 from tests.mesh.test_envoy import Edge, Load, mesh_file
 from tests.models import heavy, write_model
@@ -139,25 +140,32 @@ def test_a_cpu_quota_really_limits_a_pod(tmp_path):
     assert not limiter.subtree.exists()
 
 
-def test_tenfold_up_autoscale_grows_the_pool_when_demand_rises(quick_repo):
+def test_tenfold_up_autoscale_grows_the_pool_of_the_product_in_demand(quick_repo):
     options = StackOptions(
         quick_repo,
         port=0,
         grpc_port=0,
         drain_s=0.2,
-        autoscale=AutoscaleOptions(target_rps_per_pod=4, max_replicas=3, tick_s=0.5),
+        autoscale=AutoscaleOptions({"feed": 4, "effects": 50}, max_replicas=3, tick_s=0.5),
     )
     stack = Stack(options)
     stack.start(say=lambda *a, **k: None)
     edge = f"http://127.0.0.1:{stack.ports['http']}"
     body = {"user_id": 7, "count": 5}
+    feed, effects = stack.scaled.providers["feed"], stack.scaled.providers["effects"]
     failures, ok, desired = [], 0, []
     try:
-        assert stack.provider.status().ready == 1
+        assert feed.status().ready == 1 and effects.status().ready == 1
+        # each pool's pods load only its models
+        pools = requests.get(f"http://{stack.control_plane.http}/v1/pools", timeout=5).json()
+        assert pools["pools"]["effects"]["models"] == ["effects_cartoon"]
+        pod = pools["pools"]["effects"]["endpoints"][0]["http"]
+        index = requests.post(f"http://{pod}/v2/repository/index", timeout=5).json()
+        assert {m["name"] for m in index} == {"effects_cartoon"}
         session = requests.Session()
         deadline = time.monotonic() + 90
         next_tick = time.monotonic()
-        while stack.provider.status().ready < 3:
+        while feed.status().ready < 3:
             assert time.monotonic() < deadline, f"no scale-up: desired {desired[-5:]}"
             answer = session.post(f"{edge}/v1/feed", json=body, timeout=10)
             if answer.status_code == 200:
@@ -166,12 +174,14 @@ def test_tenfold_up_autoscale_grows_the_pool_when_demand_rises(quick_repo):
                 failures.append(answer.status_code)
             if time.monotonic() >= next_tick:
                 next_tick += 0.5
-                desired.append(stack.autoscaler.tick().desired)
+                decisions = {pool: d.desired for pool, d, _ in stack.scaled.tick()}
+                desired.append(decisions)
             time.sleep(0.02)
         for _ in range(20):  # all three pods serve
             assert session.post(f"{edge}/v1/feed", json=body, timeout=10).status_code == 200
     finally:
         stack.stop(say=lambda *a, **k: None)
     assert failures == []
-    assert max(desired) == 3
+    assert max(d["feed"] for d in desired) == 3
+    assert max(d["effects"] for d in desired) == 1  # no effects demand: not scaled
     assert ok > 0
