@@ -5,6 +5,9 @@ a test can publish a snapshot Envoy must refuse."""
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import sys
 
 import grpc
 import numpy as np
@@ -156,3 +159,37 @@ async def test_a_bad_snapshot_is_nacked_and_the_last_good_one_keeps_serving(stan
         await asyncio.to_thread(envoy.stop)
         await service.close()
         await asyncio.to_thread(pod.stop)
+
+
+def test_tenfold_up_serves_through_envoy_and_stops_in_order_on_sigterm(quick_repo):
+    cmd = [sys.executable, "-m", "tenfold", "up", "--repository", str(quick_repo)]
+    proc = subprocess.Popen(
+        [*cmd, "--port", "0", "--grpc-port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if "edge (Envoy) ready" in line:
+                break
+        else:
+            raise AssertionError("".join(lines))
+        port = int(lines[-1].split("http 127.0.0.1:")[1].split(",")[0])
+        answer = requests.post(f"http://127.0.0.1:{port}/v1/feed", json=FEED, timeout=10)
+        assert answer.status_code == 200 and answer.headers["server"] == "envoy"
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+    order = [
+        rest.index("draining the edge (Envoy)"),
+        rest.index("tenfold gateway: stopped"),
+        rest.index("tenfold inference: stopped"),
+        rest.index("tenfold mesh: stopped"),
+    ]
+    assert order == sorted(order), rest
