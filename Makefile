@@ -8,7 +8,7 @@ REPO ?= var/model-repository
 PYTEST_ARGS ?=
 PODS ?= 1
 
-.PHONY: bench-feed bench-effects bench-mesh install run test test-stress lint protos bench-pod bench-gateway bench-peers triton-venv clean
+.PHONY: prometheus bench-feed bench-effects bench-mesh install run test test-stress lint protos bench-pod bench-gateway bench-peers triton-venv clean
 
 $(STAMP): pyproject.toml setup.py $(wildcard protos/*/*/*.proto protos/*/*.proto)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,8 +34,15 @@ $(REPO)/.optimized: $(REPO)/feed_user_tower/feed_assets.json
 run: $(STAMP) $(REPO)/.optimized
 	$(TENFOLD) up --repository $(REPO) --pods $(PODS)
 
+# Debian's prometheus (~19 MB) for the autoscaler's Prometheus-source test; best effort:
+# without root or apt the test skips and says why
+prometheus:
+	@command -v prometheus >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	  && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null) \
+	  || echo "prometheus not installed: tests/autoscale/test_prometheus.py will skip"; }
+
 # pytest exits 5 when a selection holds no tests: that is not a failure here.
-test: $(STAMP)
+test: $(STAMP) prometheus
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests were selected"; exit 0; fi; exit $$rc
 
