@@ -29,7 +29,7 @@ class RetryPolicy(Strict):
     retriable_status_codes: list[int] = Field(
         default_factory=lambda: [503], description="HTTP statuses retried (a draining pod: 503)"
     )
-    max_retries: int = Field(2, ge=0, le=10, description="retries per request at most")
+    max_retries: int = Field(3, ge=0, le=10, description="retries per request at most")
     budget_percent: float = Field(
         20.0, ge=0, le=100, description="retries in flight as a share of active requests"
     )

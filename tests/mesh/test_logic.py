@@ -108,7 +108,7 @@ def test_kserve_routes_go_straight_to_the_pool_and_the_rest_to_the_gateway():
     grpc_routes = unpack(snapshot, ROUTE, "grpc", route_pb2.RouteConfiguration())
     assert [r.route.cluster for r in grpc_routes.virtual_hosts[0].routes] == ["gateway.grpc"]
     kserve = routes.virtual_hosts[0].routes[0].route
-    assert kserve.retry_policy.num_retries.value == 2  # inference calls are idempotent
+    assert kserve.retry_policy.num_retries.value == 3  # inference calls are idempotent
     assert list(kserve.retry_policy.retriable_status_codes) == [503]
 
 
