@@ -13,10 +13,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -75,6 +77,8 @@ class Recorder:
     pool: str
     rows: list[Second] = field(default_factory=list)
     phases: list[tuple[str, int]] = field(default_factory=list)  # (name, first second)
+    #: shows each second (a live table on a terminal, else a line on stderr)
+    show: Callable[[Second], None] | None = None
 
     def phase(self, name: str) -> None:
         self.phases.append((name, len(self.rows)))
@@ -101,13 +105,68 @@ class Recorder:
             decision=last.reason if (last := autoscaler.state.last) else "",
         )
         self.rows.append(row)
-        print(
-            f"  t={row.t:4d}s {row.phase:6s} offered {rate:6.1f}/s ok {row.ok:4d} "
-            f"shed {row.shed:3d} err {row.errors:3d} p99 {row.p99_ms:7.1f} ms "
-            f"pods {row.ready}/{row.desired} capacity {row.capacity:g}/s",
-            file=sys.stderr,
-            flush=True,
+        (self.show or print_line)(row)
+
+
+def print_line(row: Second) -> None:
+    print(
+        f"  t={row.t:4d}s {row.phase:6s} offered {row.offered:6.1f}/s ok {row.ok:4d} "
+        f"shed {row.shed:3d} err {row.errors:3d} p99 {row.p99_ms:7.1f} ms "
+        f"pods {row.ready}/{row.desired} capacity {row.capacity:g}/s",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+class LiveView:
+    """A live terminal table (rich): this second's load and latency, and each pool's
+    pods (desired, ready, starting, stopping)."""
+
+    def __init__(self, stack: Stack) -> None:
+        from rich.console import Console
+        from rich.live import Live
+
+        self.stack = stack
+        self.live = Live(console=Console(stderr=True), refresh_per_second=4)
+
+    def __enter__(self) -> LiveView:
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.live.__exit__(*exc)
+
+    def __call__(self, row: Second) -> None:
+        from rich.table import Table
+
+        load = Table(title=f"tenfold drill: t={row.t}s, {row.phase}")
+        for column in ("offered/s", "OK/s", "shed/s", "errors/s", "p50 ms", "p99 ms"):
+            load.add_column(column, justify="right")
+        load.add_row(
+            f"{row.offered:g}",
+            str(row.ok),
+            str(row.shed),
+            str(row.errors),
+            f"{row.p50_ms:.1f}",
+            f"{row.p99_ms:.1f}",
         )
+        pods = Table()
+        for column in ("pool", "desired", "ready", "starting", "stopping", "last decision"):
+            pods.add_column(column)
+        for pool, provider in self.stack.scaled.providers.items():
+            status = provider.status()
+            state = self.stack.scaled.autoscalers[pool].state
+            pods.add_row(
+                pool,
+                str(state.desired or status.ready),
+                str(status.ready),
+                str(status.starting),
+                str(status.stopping),
+                state.last.reason if state.last else "",
+            )
+        from rich.console import Group
+
+        self.live.update(Group(load, pods))
 
 
 def calibrate(address: str, spec: ScenarioSpec, budget_ms: float, seconds: float) -> float:
@@ -179,10 +238,14 @@ def drill(plan: DrillPlan, report: Path | None = None) -> dict:
         )
         base = round(plan.base_fraction * capacity, 2)
         recorder = Recorder(capacity, stack, pool)
+        view = LiveView(stack) if sys.stderr.isatty() else contextlib.nullcontext()
+        if isinstance(view, LiveView):
+            recorder.show = view
         load = RunPlan(Target.parse(f"http://{edge}"), spec, (base,), plan.base_s, timeout_s=10)
         stop = threading.Event()
         ticker = threading.Thread(target=_ticker, args=(stack, stop), daemon=True)
-        with Runner(load, lambda n, rate, s, interval: recorder.second(rate, interval)) as runner:
+        progress = lambda n, rate, s, interval: recorder.second(rate, interval)  # noqa: E731
+        with view, Runner(load, progress) as runner:
             ticker.start()
             for number, (name, rate, seconds) in enumerate(
                 [
