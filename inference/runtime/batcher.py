@@ -24,6 +24,7 @@ import numpy as np
 
 from inference.protocol.errors import Overloaded, ServerUnavailable
 from inference.repository.spec import BatchingPolicy
+from inference.runtime.cpu import cpu_limit
 from inference.runtime.onnx_model import BatchResult
 
 
@@ -78,6 +79,7 @@ class DynamicBatcher:
         policy: BatchingPolicy | None,
         queue_cap: int = 0,
         observer: BatchObserver | None = None,
+        cpu_limit: Callable[[], float | None] = cpu_limit,
     ) -> None:
         """``policy`` None: no dynamic batching, each request runs as its own batch.
         ``queue_cap`` > 0 bounds the queue when the config sets no max_queue_size."""
@@ -95,6 +97,10 @@ class DynamicBatcher:
         self._running: set[asyncio.Task] = set()
         self._loop = asyncio.get_running_loop()
         self._instances = max(1, instances)
+        #: instances that really run side by side: no more than the CPU quota's cores
+        self._parallel = self._instances
+        self._parallel_checked = -1e9
+        self._cpu_limit = cpu_limit  # cores of the process's CPU quota (None: no quota)
         #: seconds of one instance per row (moving average over executed batches)
         self._row_s: float | None = None
         self._running_rows = 0
@@ -127,7 +133,18 @@ class DynamicBatcher:
         if self._row_s is None:
             return None
         queued = sum(p.rows for p in self._queue if p.alive())
-        return (queued + self._running_rows + rows) * self._row_s / self._instances
+        return (queued + self._running_rows + rows) * self._row_s / self._parallel_now()
+
+    def _parallel_now(self) -> int:
+        """Instances that run in parallel, re-read every few seconds (a pod can be put
+        under a quota after it starts)."""
+        now = self._loop.time()
+        if now - self._parallel_checked > 5.0:
+            self._parallel_checked = now
+            limit = self._cpu_limit()
+            cores = self._instances if limit is None else max(1, int(limit))
+            self._parallel = min(self._instances, cores)
+        return self._parallel
 
     async def submit(
         self,
