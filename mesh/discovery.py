@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -131,8 +130,11 @@ class DiscoveryServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self.cache = cache
         self.metrics = metrics
         self.clock = clock
-        self._nodes: Counter[str] = Counter()
         self._streams: set[AdsStream] = set()
+
+    def _count_streams(self) -> None:
+        self.metrics.connected.set(len(self._streams))
+        self.metrics.nodes.set(len({s.node for s in self._streams if s.node}))
 
     def nodes(self) -> dict[str, dict[str, dict]]:
         """Per connected node and type: the version it ACKed last, and one it refused."""
@@ -155,15 +157,14 @@ class DiscoveryServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
         stream = AdsStream(self.metrics, self.clock, self.cache.published_at)
         self._streams.add(stream)
+        self._count_streams()
         events: asyncio.Queue = asyncio.Queue()
         reader = asyncio.create_task(_read(request_iterator, events))
         watcher: asyncio.Task | None = None
-        self.metrics.connected.inc()
         try:
             while True:
                 if watcher is None and stream.node:
-                    self._nodes[stream.node] += 1
-                    self.metrics.nodes.set(len(self._nodes))
+                    self._count_streams()
                     watcher = asyncio.create_task(self._watch(stream, events))
                 kind, item = await events.get()
                 if kind == "end":
@@ -178,14 +179,10 @@ class DiscoveryServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                     yield response
         finally:
             self._streams.discard(stream)
+            self._count_streams()
             reader.cancel()
             if watcher is not None:
                 watcher.cancel()
-                self._nodes[stream.node] -= 1
-                if self._nodes[stream.node] <= 0:
-                    del self._nodes[stream.node]
-                self.metrics.nodes.set(len(self._nodes))
-            self.metrics.connected.dec()
 
     async def _watch(self, stream: AdsStream, events: asyncio.Queue) -> None:
         current = stream.snapshot
