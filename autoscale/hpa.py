@@ -160,41 +160,34 @@ class Controller:
         return sum(n for when, n in events if when > now - period)
 
     def _limit(self, now: float, desired: int, current: int) -> int:
-        if desired > current:
-            rules = self.hpa.up
-            if rules.select == "Disabled" or not rules.policies:
-                return current
-            limits = []
-            for p in rules.policies:
-                start = (
-                    current
-                    - self._changed(self.up_events, now, p.period_s)
-                    + self._changed(self.down_events, now, p.period_s)
-                )
-                if p.type == "Pods":
-                    limits.append(start + p.value)
-                else:
-                    limits.append(math.ceil(start * (1 + p.value / 100)))
-            limit = max(limits) if rules.select == "Max" else min(limits)
+        """``desired`` bounded by the behaviour's policies for its direction."""
+        if desired == current:
+            return current
+        up = desired > current
+        rules = self.hpa.up if up else self.hpa.down
+        if rules.select == "Disabled" or not rules.policies:
+            return current
+        limits = [self._policy_limit(p, now, current, up) for p in rules.policies]
+        # Max selects the policy that allows the most change, Min the least
+        most_change = max if up else min
+        least_change = min if up else max
+        limit = (most_change if rules.select == "Max" else least_change)(limits)
+        if up:
             return min(desired, max(limit, current))
-        if desired < current:
-            rules = self.hpa.down
-            if rules.select == "Disabled" or not rules.policies:
-                return current
-            limits = []
-            for p in rules.policies:
-                start = (
-                    current
-                    + self._changed(self.down_events, now, p.period_s)
-                    - self._changed(self.up_events, now, p.period_s)
-                )
-                if p.type == "Pods":
-                    limits.append(start - p.value)
-                else:
-                    limits.append(int(start * (1 - p.value / 100)))
-            limit = min(limits) if rules.select == "Max" else max(limits)
-            return max(desired, min(limit, current))
-        return current
+        return max(desired, min(limit, current))
+
+    def _policy_limit(self, policy: Policy, now: float, current: int, up: bool) -> int:
+        # the replicas when the policy's period began: now, less what changed since
+        start = (
+            current
+            - self._changed(self.up_events, now, policy.period_s)
+            + self._changed(self.down_events, now, policy.period_s)
+        )
+        if policy.type == "Pods":
+            return start + policy.value if up else start - policy.value
+        if up:
+            return math.ceil(start * (1 + policy.value / 100))
+        return int(start * (1 - policy.value / 100))
 
 
 @dataclass(frozen=True)
