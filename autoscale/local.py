@@ -43,7 +43,7 @@ class Pod:
 
     @property
     def member(self) -> dict:
-        return {"http": self.process.http, "grpc": self.process.grpc}
+        return self.process.endpoint
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ def main() -> int:
             "grpc": {"port": 0, "protocol": "grpc"},
         },
         "pools": {"gateway": {}, "pods": {"models": [model]}},
-        "endpoints": {"pods": [{"http": p.http, "grpc": p.grpc} for p in pods]},
+        "endpoints": {"pods": [p.endpoint for p in pods]},
     }
     control_plane = start_control_plane(mesh)
     envoy = start_envoy("tenfold-edge", "127.0.0.1", control_plane.grpc_port)

@@ -59,6 +59,11 @@ class ServiceProcess:
         return f"127.0.0.1:{self.grpc_port}"
 
     @property
+    def endpoint(self) -> dict[str, str]:
+        """Both addresses as a pool's endpoint set lists them: ``{"http", "grpc"}``."""
+        return {"http": self.http, "grpc": self.grpc}
+
+    @property
     def pid(self) -> int:
         return self.proc.pid
 

@@ -86,7 +86,7 @@ def pod_pools(options: StackOptions) -> dict[str, tuple[str, ...]]:
 
 
 def _pod_set(pods: list[ServiceProcess]) -> list[dict]:
-    return [{"http": p.http, "grpc": p.grpc} for p in pods]
+    return [p.endpoint for p in pods]
 
 
 class Stack:
@@ -133,8 +133,7 @@ class Stack:
         say(self.gateway.new_output(), end="")
         if self.scaled is not None:
             self.scaled.attach(f"http://{self.gateway.http}/metrics")
-        gateway = [{"http": self.gateway.http, "grpc": self.gateway.grpc}]
-        put_endpoints(self.control_plane.http, "gateway", gateway)
+        put_endpoints(self.control_plane.http, "gateway", [self.gateway.endpoint])
         self.envoy = start_envoy(
             "tenfold-edge", "127.0.0.1", self.control_plane.grpc_port, o.envoy_concurrency
         )

@@ -45,10 +45,6 @@ def mesh_file(endpoints: list[dict], xds_port: int = 0) -> dict:
     }
 
 
-def member(pod) -> dict:
-    return {"http": pod.http, "grpc": pod.grpc}
-
-
 class Edge:
     def __init__(self, control_plane, envoy, base: list) -> None:
         self.control_plane = control_plane
@@ -58,7 +54,7 @@ class Edge:
         self.url = f"http://127.0.0.1:{self.port}"
 
     def put(self, pods) -> dict:
-        return put_endpoints(self.control_plane.http, "pods", [member(p) for p in pods])
+        return put_endpoints(self.control_plane.http, "pods", [p.endpoint for p in pods])
 
     def hosts(self) -> set[str]:
         """Addresses Envoy has in the pods' HTTP cluster now (its admin /clusters)."""
@@ -105,7 +101,7 @@ class Load(threading.Thread):
 @pytest.fixture(scope="module")
 def edge(standard_repo):
     first = start_pod(standard_repo)
-    control_plane = start_control_plane(mesh_file([member(first)]))
+    control_plane = start_control_plane(mesh_file([first.endpoint]))
     envoy = start_envoy("tenfold-edge", "127.0.0.1", control_plane.grpc_port)
     edge = Edge(control_plane, envoy, [first])
     try:
@@ -182,7 +178,7 @@ def test_envoy_keeps_serving_without_the_control_plane_and_resyncs_when_it_retur
     for _ in range(20):
         assert edge.infer().status_code == 200
     second = start_pod(standard_repo)
-    restarted = start_control_plane(mesh_file([member(edge.base[0])]), xds_port=xds_port)
+    restarted = start_control_plane(mesh_file([edge.base[0].endpoint]), xds_port=xds_port)
     edge.control_plane = restarted
     try:
         wait_until(
@@ -221,12 +217,12 @@ def test_the_admin_api_refuses_bad_endpoint_sets_with_the_reason(edge):
     assert requests.put(f"{admin}/nope/endpoints", json={"endpoints": []}).status_code == 404
     assert requests.put(f"{admin}/pods/endpoints", data=b"{").status_code == 400
     pools = requests.get(admin, timeout=5).json()["pools"]
-    assert pools["pods"]["endpoints"] == [member(edge.base[0])]
+    assert pools["pods"]["endpoints"] == [edge.base[0].endpoint]
 
 
 def test_tls_at_the_edge_with_a_dev_certificate(edge, tmp_path):
     cert, key = write_dev_cert(tmp_path / "cert")
-    mesh = mesh_file([member(edge.base[0])])
+    mesh = mesh_file([edge.base[0].endpoint])
     tls = {"cert_file": str(cert), "key_file": str(key)}
     for listener in mesh["listeners"].values():
         listener["tls"] = tls

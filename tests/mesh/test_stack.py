@@ -96,7 +96,7 @@ def test_the_gateway_follows_the_pool_the_control_plane_holds(stack):
             2,
         )
     finally:
-        put_endpoints(admin, POD_POOL, [{"http": pod.http, "grpc": pod.grpc}])
+        put_endpoints(admin, POD_POOL, [pod.endpoint])
     wait_until(
         lambda: requests.post(f"{edge}/v1/feed", json=FEED, timeout=10).status_code == 200,
         "the gateway to take the pod back",
@@ -106,7 +106,7 @@ def test_the_gateway_follows_the_pool_the_control_plane_holds(stack):
 
 async def test_a_bad_snapshot_is_nacked_and_the_last_good_one_keeps_serving(standard_repo):
     pod = await asyncio.to_thread(start_pod, standard_repo)
-    mesh = load_mesh_file(None, mesh_file([{"http": pod.http, "grpc": pod.grpc}]))
+    mesh = load_mesh_file(None, mesh_file([pod.endpoint]))
     service = MeshService(mesh, MeshSettings(xds_port=0, admin_port=0))
     ports = await service.start()
     envoy = await asyncio.to_thread(start_envoy, "tenfold-edge", "127.0.0.1", ports["grpc"])
