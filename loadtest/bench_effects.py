@@ -21,7 +21,6 @@ table (decode, resize, model, encode; before and after issue 14) comes from
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -31,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loadtest.bench_feed import best_rate, load, make_run_stack, server_header, server_rows
-from loadtest.bench_peers import ladder
+from loadtest.bench_peers import ladder, publish, setup
 from loadtest.scenarios import ScenarioSpec
 from loadtest.targets import LoadTestError
 from servicekit.launcher import launch
@@ -131,18 +130,11 @@ def benchmark(plan: EffectsBenchPlan, out: Path | None = None) -> dict:
         raise LoadTestError(f"{plan.repository} has no effects model: run tenfold models build")
     started = time.time()
     results = measure(plan)
-    results["setup"] = {
-        "cores": os.cpu_count(),
-        "generator": "tenfold loadtest, 1 process, open loop, same machine, nothing pinned",
-        "upload_long_side": plan.upload,
-        "p99_budget_ms": plan.p99_budget_ms,
-        "duration_s_per_rate": plan.duration_s,
-        "wall_s": round(time.time() - started),
-    }
-    text = table(results, plan)
-    print(text)
-    if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=1) + "\n")
-        out.with_suffix(".md").write_text(text.lstrip() + "\n")
+    results["setup"] = setup(
+        started,
+        upload_long_side=plan.upload,
+        p99_budget_ms=plan.p99_budget_ms,
+        duration_s_per_rate=plan.duration_s,
+    )
+    publish(results, table(results, plan), out)
     return results

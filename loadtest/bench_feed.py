@@ -39,7 +39,7 @@ from pathlib import Path
 import psutil
 import requests
 
-from loadtest.bench_peers import ladder
+from loadtest.bench_peers import ladder, publish, setup
 from loadtest.runner import RunPlan, run
 from loadtest.scenarios import ScenarioSpec
 from loadtest.targets import LoadTestError, Target
@@ -167,42 +167,55 @@ def _split(before: dict, after: dict, wall: float) -> dict[str, float]:
     return {k: round(v, 2) for k, v in sorted(used.items())}
 
 
+def measure_rate(
+    address: str,
+    server_pids: list[int],
+    spec: ScenarioSpec,
+    rate: float,
+    duration_s: float,
+    p99_budget_ms: float | None = None,
+) -> dict:
+    """One open-loop rate against ``address`` (after 1 s of warm-up): its figures,
+    whether it met the budget, and the cores the server's processes and the generator
+    used meanwhile."""
+    run_plan = RunPlan(
+        Target.parse(f"http://{address}"),
+        spec,
+        (rate,),
+        duration_s,
+        warmup_s=1.0,
+        timeout_s=10,
+        p99_budget_ms=p99_budget_ms,
+    )
+    before, mine0 = _cpu(_tree(server_pids)), _own_cpu()
+    started = time.perf_counter()
+    (step,) = run(run_plan, check=False)
+    wall = time.perf_counter() - started
+    split = _split(before, _cpu(_tree(server_pids)), wall)
+    # the generator: this process and its worker, spawned and reaped within run()
+    split["generator"] = round((_own_cpu() - mine0) / wall, 2)
+    return {
+        "rate": rate,
+        "achieved": round(step.achieved_rate, 1),
+        "p50_ms": round(step.total.percentile_ms(50), 2),
+        "p99_ms": round(step.total.percentile_ms(99), 2),
+        "errors": step.total.errors,
+        "meets": step.meets(run_plan),
+        "cores": split,
+    }
+
+
 def load(address: str, server_pids: list[int], plan, spec: ScenarioSpec, label: str):
     """Climb ``plan``'s ladder (``ladder()``, ``duration_s``, ``p99_budget_ms``) until a
     step misses the budget; each step's figures and the CPU of the server and the
     generator."""
-    target = Target.parse(f"http://{address}")
     steps, best = [], None
     for rate in plan.ladder():
-        run_plan = RunPlan(
-            target,
-            spec,
-            (rate,),
-            plan.duration_s,
-            warmup_s=1.0,
-            timeout_s=10,
-            p99_budget_ms=plan.p99_budget_ms,
-        )
-        before, mine0 = _cpu(_tree(server_pids)), _own_cpu()
-        started = time.perf_counter()
-        (step,) = run(run_plan, check=False)
-        wall = time.perf_counter() - started
-        split = _split(before, _cpu(_tree(server_pids)), wall)
-        # the generator: this process and its worker, spawned and reaped within run()
-        split["generator"] = round((_own_cpu() - mine0) / wall, 2)
-        row = {
-            "rate": rate,
-            "achieved": round(step.achieved_rate, 1),
-            "p50_ms": round(step.total.percentile_ms(50), 2),
-            "p99_ms": round(step.total.percentile_ms(99), 2),
-            "errors": step.total.errors,
-            "meets": step.meets(run_plan),
-            "cores": split,
-        }
+        row = measure_rate(address, server_pids, spec, rate, plan.duration_s, plan.p99_budget_ms)
         steps.append(row)
         print(
             f"  {label}: {rate:g}/s -> {row['achieved']:g}/s p99 {row['p99_ms']:g} ms "
-            f"errors {row['errors']} cores {split}",
+            f"errors {row['errors']} cores {row['cores']}",
             file=sys.stderr,
             flush=True,
         )
@@ -341,18 +354,11 @@ def benchmark(plan: FeedBenchPlan, out: Path | None = None) -> dict:
         raise LoadTestError(f"{plan.repository} has no feed models: run tenfold models build")
     started = time.time()
     results = measure(plan)
-    results["setup"] = {
-        "cores": os.cpu_count(),
-        "generator": "tenfold loadtest, 1 process, open loop, same machine, nothing pinned",
-        "history_items": plan.history,
-        "p99_budget_ms": plan.p99_budget_ms,
-        "duration_s_per_rate": plan.duration_s,
-        "wall_s": round(time.time() - started),
-    }
-    text = table(results, plan)
-    print(text)
-    if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=1) + "\n")
-        out.with_suffix(".md").write_text(text + "\n")
+    results["setup"] = setup(
+        started,
+        history_items=plan.history,
+        p99_budget_ms=plan.p99_budget_ms,
+        duration_s_per_rate=plan.duration_s,
+    )
+    publish(results, table(results, plan), out)
     return results

@@ -22,7 +22,6 @@ the CPU seconds of Envoy, the gateway, the pod and the generator are read per ru
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import sys
 import time
@@ -34,11 +33,11 @@ import requests
 
 from gateway.launch import DEFAULT_MODELS, gateway_config, start_gateway
 from inference.launch import start_pod
-from loadtest.bench_feed import _cpu, _own_cpu, _split, _tree
-from loadtest.bench_peers import check_parity, ladder, limit, sample, workloads
+from loadtest.bench_feed import measure_rate
+from loadtest.bench_peers import check_parity, ladder, limit, publish, sample, setup, workloads
 from loadtest.bench_peers import load as load_infer
 from loadtest.peers import served_model
-from loadtest.runner import RunPlan, run
+from loadtest.runner import RunPlan, highest_rate_met, run
 from loadtest.scenarios import ScenarioSpec
 from loadtest.targets import LoadTestError, Target
 from mesh.envoy import start_envoy
@@ -79,10 +78,6 @@ class MeshStack:
         }
 
 
-def _member(pod) -> dict:
-    return {"http": pod.http, "grpc": pod.grpc}
-
-
 @contextmanager
 def mesh_stack(repo: Path):
     mesh = {
@@ -97,9 +92,9 @@ def mesh_stack(repo: Path):
     pod = start_pod(repo, intra_op_threads=1)
     gateway = envoy = None
     try:
-        put_endpoints(control_plane.http, POOL, [_member(pod)])
+        put_endpoints(control_plane.http, POOL, [pod.endpoint])
         gateway = start_gateway(gateway_config(repo, [pod], xds=control_plane.grpc))
-        put_endpoints(control_plane.http, "gateway", [_member(gateway)])
+        put_endpoints(control_plane.http, "gateway", [gateway.endpoint])
         envoy = start_envoy("tenfold-edge", "127.0.0.1", control_plane.grpc_port)
         edge = envoy.wait_listeners(["http", "grpc"])["http"]
         yield MeshStack(control_plane, [pod], gateway, envoy, f"127.0.0.1:{edge}")
@@ -110,24 +105,6 @@ def mesh_stack(repo: Path):
             gateway.stop()
         pod.stop()
         control_plane.stop()
-
-
-def _fixed(address: str, spec: ScenarioSpec, rate: float, duration: float, pids: list[int]):
-    plan = RunPlan(Target.parse(f"http://{address}"), spec, (rate,), duration, warmup_s=1.0)
-    before, mine = _cpu(_tree(pids)), _own_cpu()
-    started = time.perf_counter()
-    (step,) = run(plan, check=False)
-    wall = time.perf_counter() - started
-    cores = _split(before, _cpu(_tree(pids)), wall)
-    cores["generator"] = round((_own_cpu() - mine) / wall, 2)
-    return {
-        "rate": rate,
-        "achieved": round(step.achieved_rate, 1),
-        "p50_ms": round(step.total.percentile_ms(50), 3),
-        "p99_ms": round(step.total.percentile_ms(99), 3),
-        "errors": step.total.errors,
-        "cores": cores,
-    }
 
 
 def edge_overhead(stack: MeshStack, plan: MeshBenchPlan, items: int) -> dict:
@@ -142,8 +119,7 @@ def edge_overhead(stack: MeshStack, plan: MeshBenchPlan, items: int) -> dict:
         p99_budget_ms=plan.p99_budget_ms,
         timeout_s=10,
     )
-    steps = run(climb)
-    capacity = max((s.rate for s in steps if s.meets(climb)), default=0.0)
+    capacity = highest_rate_met(run(climb), climb)
     if not capacity:
         raise LoadTestError("the gateway met the p99 budget at no rate")
     rate = round(capacity / 2, 1)
@@ -154,7 +130,7 @@ def edge_overhead(stack: MeshStack, plan: MeshBenchPlan, items: int) -> dict:
     for _ in range(plan.rounds):  # alternating: drift and noise hit both paths alike
         runs = {}
         for label, address in paths:
-            runs[label] = _fixed(address, spec, rate, plan.duration_s * 2, pids)
+            runs[label] = measure_rate(address, pids, spec, rate, plan.duration_s * 2)
             print(f"  {label}: {runs[label]}", file=sys.stderr, flush=True)
         out["rounds"].append(runs)
     for label, _ in paths:
@@ -202,16 +178,16 @@ def endpoint_changes(stack: MeshStack, repo: Path, plan: MeshBenchPlan) -> dict:
     times = []
     try:
         for _ in range(plan.changes):
-            put_endpoints(stack.admin, POOL, [_member(stack.pods[0])])
+            put_endpoints(stack.admin, POOL, [stack.pods[0].endpoint])
             time.sleep(0.2)
-            put_endpoints(stack.admin, POOL, [_member(stack.pods[0]), _member(second)])
+            put_endpoints(stack.admin, POOL, [stack.pods[0].endpoint, second.endpoint])
             changed = time.perf_counter()
             while session.get(url, timeout=5).headers.get("x-tenfold-upstream") != second.http:
                 if time.perf_counter() - changed > 10:
                     raise LoadTestError("the added pod got no request within 10 s")
             times.append((time.perf_counter() - changed) * 1000)
     finally:
-        put_endpoints(stack.admin, POOL, [_member(stack.pods[0])])
+        put_endpoints(stack.admin, POOL, [stack.pods[0].endpoint])
         second.stop()
     times.sort()
     return {
@@ -284,17 +260,10 @@ def benchmark(plan: MeshBenchPlan, out: Path | None = None) -> dict:
         raise LoadTestError(f"{plan.repository} has no default models: run tenfold models build")
     started = time.time()
     results = measure(plan)
-    results["setup"] = {
-        "cores": os.cpu_count(),
-        "generator": "tenfold loadtest, 1 process, open loop, same machine, nothing pinned",
-        "stack": "control plane, 1 pod, 1 gateway worker following the mesh, Envoy, 1 thread",
-        "duration_s_per_rate": plan.duration_s,
-        "wall_s": round(time.time() - started),
-    }
-    text = tables(results)
-    print(text)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=2))
-        out.with_suffix(".md").write_text(text + "\n")
+    results["setup"] = setup(
+        started,
+        stack="control plane, 1 pod, 1 gateway worker following the mesh, Envoy, 1 thread",
+        duration_s_per_rate=plan.duration_s,
+    )
+    publish(results, tables(results), out)
     return results

@@ -44,7 +44,7 @@ from inference.launch import start_pod
 from inference.protocol.datatypes import kserve_datatype
 from loadtest.peers import served_model, threads, triton
 from loadtest.recorder import percentile_ms
-from loadtest.runner import RunPlan, run
+from loadtest.runner import RunPlan, highest_rate_met, run
 from loadtest.scenarios import ScenarioSpec, infer_inputs
 from loadtest.targets import LoadTestError, Target
 from servicekit.launcher import launch
@@ -67,6 +67,29 @@ class Workload:
         return ScenarioSpec(
             "infer", model=self.model, batch=self.rows, image_size=self.image_size or 256
         )
+
+
+GENERATOR = "tenfold loadtest, 1 process, open loop, same machine, nothing pinned"
+
+
+def setup(started: float, **fields) -> dict:
+    """The ``setup`` block of a benchmark's results: the machine, the generator, the
+    benchmark's own ``fields`` and the wall time since ``started`` (``time.time()``)."""
+    return {
+        "cores": os.cpu_count(),
+        "generator": GENERATOR,
+        **fields,
+        "wall_s": round(time.time() - started),
+    }
+
+
+def publish(results: dict, text: str, out: Path | None) -> None:
+    """Print the tables; with ``out``, write the results as JSON and the tables as .md."""
+    print(text)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=1) + "\n")
+        out.with_suffix(".md").write_text(text.lstrip() + "\n")
 
 
 def ladder(start: float, factor: float, top: float) -> tuple[float, ...]:
@@ -161,11 +184,10 @@ def load(address: str, work: Workload, duration: float, label: str) -> dict:
         timeout_s=30,
     )
     steps = run(plan)
-    passed = [s for s in steps if s.meets(plan)]
     (fixed,) = run(RunPlan(target, spec, (work.fixed_rate,), duration, warmup_s=1.0, timeout_s=30))
     lat = fixed.total.latency_summary()
     return {
-        "max_rate_in_budget": max((s.rate for s in passed), default=0.0),
+        "max_rate_in_budget": highest_rate_met(steps, plan),
         "ladder": [
             {
                 "rate": s.rate,
@@ -322,17 +344,8 @@ def benchmark(
         venv = triton_venv.resolve()
     started = time.time()
     results = measure_all(repository.resolve(), venv, duration, rows)
-    results["setup"] = {
-        "cores": os.cpu_count(),
-        "generator": "tenfold loadtest, 1 process, open loop, same machine, nothing pinned",
-        "protocol": "KServe v2 HTTP, binary tensors",
-        "duration_s_per_rate": duration,
-        "wall_s": round(time.time() - started),
-    }
-    text = table({k: v for k, v in results.items() if k != "setup"})
-    print(text)
-    if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=1) + "\n")
-        out.with_suffix(".md").write_text(text.lstrip() + "\n")
+    results["setup"] = setup(
+        started, protocol="KServe v2 HTTP, binary tensors", duration_s_per_rate=duration
+    )
+    publish(results, table({k: v for k, v in results.items() if k != "setup"}), out)
     return results

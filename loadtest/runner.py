@@ -91,6 +91,11 @@ class StepResult:
         return self.timeline[index]
 
 
+def highest_rate_met(steps: list[StepResult], plan: RunPlan) -> float:
+    """The highest rate among ``steps`` that met ``plan``'s budgets (0 if none did)."""
+    return max((s.rate for s in steps if s.meets(plan)), default=0.0)
+
+
 #: progress callback: (step number, rate, second, that second's merged interval)
 Progress = Callable[[int, float, int, Interval], None]
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from autoscale.policy import PolicySettings
 from loadtest.bench_peers import ladder
 from loadtest.recorder import Interval
-from loadtest.runner import Runner, RunPlan, run
+from loadtest.runner import Runner, RunPlan, highest_rate_met, run
 from loadtest.scenarios import ScenarioSpec
 from loadtest.targets import Target
 from tenfold.scaling import DEFAULT_TARGETS, AutoscaleOptions
@@ -182,11 +182,10 @@ def calibrate(address: str, spec: ScenarioSpec, budget_ms: float, seconds: float
         p99_budget_ms=budget_ms,
         timeout_s=10,
     )
-    steps = run(plan)
-    passed = [s.rate for s in steps if s.meets(plan)]
-    if not passed:
+    capacity = highest_rate_met(run(plan), plan)
+    if not capacity:
         raise RuntimeError("one pod met the p99 budget at no rate: nothing to calibrate")
-    return max(passed)
+    return capacity
 
 
 def _ticker(stack: Stack, stop: threading.Event) -> None:
