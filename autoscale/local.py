@@ -37,13 +37,8 @@ class Pod:
     name: str
     process: ServiceProcess
     started: float
-    ready_at: float | None = None
     left_at: float | None = None  # when it left the pool
     drain_at: float | None = None  # when it was sent SIGTERM
-
-    @property
-    def member(self) -> dict:
-        return self.process.endpoint
 
 
 @dataclass(frozen=True)
@@ -97,7 +92,7 @@ class LocalProvider:
         return ProviderStatus(len(self._pods), len(self._starting), stopping, self.failed)
 
     def ready_members(self) -> list[dict]:
-        return [p.member for p in self._pods]
+        return [p.process.endpoint for p in self._pods]
 
     def pids(self) -> list[int]:
         everyone = (*self._pods, *self._starting, *self._leaving, *self._draining)
@@ -152,7 +147,6 @@ class LocalProvider:
                 state = None
             if state is not None and state.state == "ready":
                 process.ports = dict(state.ports)
-                pod.ready_at = now
                 self._starting.remove(pod)
                 self._pods.append(pod)
                 joined = True
