@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 _LATENCY_BUCKETS = (
     0.0005,
@@ -34,6 +34,8 @@ class InferenceMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        # process_cpu_seconds_total & co: the pod's CPU per pool on the dashboard
+        ProcessCollector(registry=r)
         self.success = Counter(
             "tenfold_inference_request_success",
             "Inference requests that succeeded.",

@@ -93,3 +93,13 @@ def create_admin_app(
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     return app
+
+
+def create_metrics_app(mesh_metrics: MeshMetrics) -> web.Application:
+    """Only ``/metrics`` and ``/healthz``: what Prometheus and a kubelet probe may reach
+    when the admin API stays on loopback (``--metrics-port``)."""
+    app = web.Application(client_max_size=1024)
+    app[METRICS] = mesh_metrics
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    return app

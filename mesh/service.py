@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 from aiohttp import web
 
-from mesh.admin import create_admin_app
+from mesh.admin import create_admin_app, create_metrics_app
 from mesh.cache import SnapshotCache
 from mesh.config import MeshFile
 from mesh.discovery import DiscoveryServer
@@ -36,6 +36,9 @@ class MeshSettings:
     #: follow the EndpointSlices of these Services (name -> pool) in this namespace
     kubernetes_namespace: str | None = None
     services: tuple[tuple[str, str], ...] = ()
+    #: a listener with only /metrics and /healthz on ``xds_host`` (None = none; the
+    #: admin API's /metrics on loopback is always there)
+    metrics_port: int | None = None
 
 
 class MeshService:
@@ -56,6 +59,7 @@ class MeshService:
         self.discovery = DiscoveryServer(self.cache, self.metrics, clock)
         self._grpc: grpc.aio.Server | None = None
         self._runner: web.AppRunner | None = None
+        self._metrics_runner: web.AppRunner | None = None
         self._watch: asyncio.Task | None = None
         for service, pool in settings.services:
             if pool not in mesh.pools:
@@ -88,10 +92,25 @@ class MeshService:
             where = f"127.0.0.1:{self.settings.admin_port}"
             raise StartError(f"cannot listen on {where}: {exc}") from None
         admin_port = self._runner.addresses[0][1]
-        return {"grpc": xds_port, "http": admin_port}
+        ports = {"grpc": xds_port, "http": admin_port}
+        if self.settings.metrics_port is not None:
+            self._metrics_runner = web.AppRunner(
+                create_metrics_app(self.metrics), access_log=None, handle_signals=False
+            )
+            await self._metrics_runner.setup()
+            host, port = self.settings.xds_host, self.settings.metrics_port
+            try:
+                await web.TCPSite(self._metrics_runner, host, port).start()
+            except OSError as exc:
+                raise StartError(f"cannot listen on {host}:{port}: {exc}") from None
+            ports["metrics"] = self._metrics_runner.addresses[0][1]
+        return ports
 
     def listening(self, ports: Mapping[str, int]) -> str:
-        return f"listening xds={self.host}:{ports['grpc']} admin=127.0.0.1:{ports['http']}"
+        line = f"listening xds={self.host}:{ports['grpc']} admin=127.0.0.1:{ports['http']}"
+        if "metrics" in ports:
+            line += f" metrics={self.host}:{ports['metrics']}"
+        return line
 
     async def prepare(self) -> str:
         if self.settings.kubernetes_namespace:
@@ -110,17 +129,20 @@ class MeshService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
 
+    async def _stop_http(self) -> None:
+        for runner in (self._runner, self._metrics_runner):
+            if runner is not None:
+                await runner.cleanup()
+
     async def drain(self) -> None:
         await self._stop_watch()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await self._stop_http()
         if self._grpc is not None:
             await self._grpc.stop(self.settings.drain_timeout_s)
 
     async def close(self) -> None:
         await self._stop_watch()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await self._stop_http()
         if self._grpc is not None:
             await self._grpc.stop(0)
 
