@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -31,9 +32,35 @@ def parse_trace(text: str) -> list[tuple[float, float]]:
     return points
 
 
+def pick_hpa(docs: list, name: str | None):
+    """The HorizontalPodAutoscaler named ``name`` among ``docs`` (or the only one)."""
+    from autoscale.hpa import HpaError
+
+    hpas = [d for d in docs if isinstance(d, dict) and d.get("kind") == "HorizontalPodAutoscaler"]
+    names = [d.get("metadata", {}).get("name") for d in hpas]
+    if name is not None:
+        hpas = [d for d, n in zip(hpas, names, strict=True) if n == name]
+    if len(hpas) == 1:
+        return hpas[0]
+    if not hpas and name is None and docs:
+        return docs[0]  # not an HPA: parse_hpa says what is wrong with it
+    if not hpas:
+        raise HpaError(f"no HorizontalPodAutoscaler named {name!r} (found: {names})")
+    raise HpaError(f"several HorizontalPodAutoscalers ({names}): choose one with --name")
+
+
 @app.command("simulate-hpa")
 def simulate_hpa(
-    hpa: Annotated[Path, typer.Option(help="HorizontalPodAutoscaler YAML (autoscaling/v2)")],
+    hpa: Annotated[
+        Path,
+        typer.Option(
+            help="YAML with a HorizontalPodAutoscaler (autoscaling/v2), e.g. the output of "
+            "`kubectl kustomize k8s/overlays/cpu`; - reads standard input"
+        ),
+    ],
+    name: Annotated[
+        str | None, typer.Option(help="the HPA's name, where the YAML holds several")
+    ] = None,
     trace: Annotated[
         str, typer.Option(help="demand steps SECONDS:RPS,... (e.g. 0:200,60:2000)")
     ] = "0:40,60:400",
@@ -52,8 +79,9 @@ def simulate_hpa(
 
     points = parse_trace(trace)
     try:
-        docs = [d for d in yaml.safe_load_all(hpa.read_text()) if d]
-        model = parse_hpa(docs[0] if docs else {})
+        text = sys.stdin.read() if str(hpa) == "-" else hpa.read_text()
+        docs = [d for d in yaml.safe_load_all(text) if d]
+        model = parse_hpa(pick_hpa(docs, name))
     except (OSError, yaml.YAMLError, HpaError) as exc:
         typer.echo(f"error: {hpa}: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -3,14 +3,9 @@ and the shipped effects HPA against the 10x goal."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-import yaml
 
-from autoscale.hpa import HpaError, parse_hpa, quantity, simulate, time_to_ready
-
-ROOT = Path(__file__).resolve().parents[2]
+from autoscale.hpa import HpaError, parse_hpa, quantity, simulate
 
 
 def hpa_doc(behavior: dict | None = None, minimum=2, maximum=20, per_pod="10") -> dict:
@@ -80,19 +75,6 @@ def test_pods_become_ready_after_their_start_up_and_the_metric_lags():
     assert changes(steps)[:2] == [(0, 2), (75, 4)]  # seen at the first sync 15 s later
     ready = {s.t: s.ready for s in steps}
     assert ready[94] == 2 and ready[95] == 4
-
-
-def test_the_shipped_effects_hpa_reaches_10x_ready_within_60_s_of_a_10x_step():
-    doc = yaml.safe_load((ROOT / "k8s/base/hpa-effects.yaml").read_text())
-    hpa = parse_hpa(doc)
-    worst = 0.0
-    for phase in range(15):  # the step at every offset from the sync ticks
-        at = 60 + phase
-        steps = simulate(hpa, step(40, 400, at), 300, pod_start_s=20, metric_lag_s=15)
-        took = time_to_ready(steps, at, 20)
-        assert took is not None
-        worst = max(worst, took)
-    assert worst <= 60, worst
 
 
 @pytest.mark.parametrize(
