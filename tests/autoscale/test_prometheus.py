@@ -4,9 +4,6 @@ Skipped, saying so, where Prometheus is not installed (``make prometheus``)."""
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
 import threading
 import time
 
@@ -16,22 +13,13 @@ import requests
 from autoscale.sources import PrometheusSource
 from gateway.launch import start_gateway
 from tests.gateway.conftest import wait_until
+from tests.prom import MISSING, PROMETHEUS, running_prometheus
 
-PROMETHEUS = shutil.which("prometheus")
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.slow,
-    pytest.mark.skipif(
-        PROMETHEUS is None,
-        reason="Debian's prometheus is not installed: `make prometheus` (apt-get) adds it",
-    ),
+    pytest.mark.skipif(PROMETHEUS is None, reason=MISSING),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -44,37 +32,9 @@ def gateway():
 
 @pytest.fixture
 def prometheus(tmp_path, gateway):
-    port = free_port()
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        "scrape_configs:\n"
-        f"  - job_name: tenfold\n    static_configs: [{{targets: ['{gateway.http}']}}]\n"
-    )
-    proc = subprocess.Popen(
-        [
-            PROMETHEUS,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        try:
-            return requests.get(f"{url}/-/ready", timeout=1).status_code == 200
-        except requests.RequestException:
-            return False
-
-    try:
-        wait_until(ready, "Prometheus to be ready", 30)
+    scrape = {"job_name": "tenfold", "static_configs": [{"targets": [gateway.http]}]}
+    with running_prometheus(tmp_path, [scrape]) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def test_the_prometheus_source_reads_the_gateways_arrival_rate(prometheus, gateway):
