@@ -125,7 +125,7 @@ def envoy(
     config = workdir / "envoy-bootstrap.json"
     config.write_text(json.dumps(make(node_id, host, int(port), admin_port)))
     binary = envoy_binary()
-    argv = [binary, "-c", str(config), "--concurrency", str(concurrency)]
+    argv = [binary, "-c", str(config), "--concurrency", str(concurrency), "--use-dynamic-base-id"]
     argv += ["--drain-time-s", str(drain_time_s), "--drain-strategy", "gradual"]
     os.execv(binary, argv)
 
