@@ -34,12 +34,13 @@ $(REPO)/.optimized: $(REPO)/feed_user_tower/feed_assets.json
 run: $(STAMP) $(REPO)/.optimized
 	$(TENFOLD) up --repository $(REPO) --pods $(PODS)
 
-# Debian's prometheus (~19 MB) for the autoscaler's Prometheus-source test; best effort:
+# Debian's prometheus (~19 MB, with promtool) for the Prometheus tests (autoscale source,
+# k8s/observability); best effort:
 # without root or apt the test skips and says why
 prometheus:
 	@command -v prometheus >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
 	  && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null) \
-	  || echo "prometheus not installed: tests/autoscale/test_prometheus.py will skip"; }
+	  || echo "prometheus not installed: the Prometheus tests (tests/autoscale, tests/k8s) will skip"; }
 
 # pytest exits 5 when a selection holds no tests: that is not a failure here.
 test: $(STAMP) prometheus
