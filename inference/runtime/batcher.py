@@ -7,7 +7,9 @@ arrived for more rows. With preferred batch sizes it dispatches as soon as the l
 preferred size is reached. Requests carrying several rows count as several rows.
 
 The queue is bounded (``max_queue_size`` requests) and each request may have a queue
-timeout: excess and expired requests fail at once with ``Overloaded``. A caller that
+timeout: excess and expired requests fail at once with ``Overloaded``. A request with
+a deadline is refused at submit when the queue cannot serve it in time, and shed at
+dispatch when its batch would end past it (``Overloaded`` again). A caller that
 goes away (cancelled) is skipped. Nothing waits forever: on ``stop`` every queued
 request fails with ``ServerUnavailable``.
 """
@@ -64,6 +66,8 @@ class _Pending:
     future: asyncio.Future
     enqueued: float
     timer: asyncio.TimerHandle | None = field(default=None)
+    #: loop time by which the caller needs the answer (None: no deadline)
+    deadline: float | None = field(default=None)
 
     def alive(self) -> bool:
         return not self.future.done()
@@ -175,7 +179,10 @@ class DynamicBatcher:
         if timeout_s is None or not policy.allow_timeout_override:
             timeout_s = policy.default_timeout_s
         signature = tuple((k, v.shape[1:] if self._merge else v.shape) for k, v in inputs.items())
-        pending = _Pending(inputs, rows, signature, self._loop.create_future(), self._loop.time())
+        now = self._loop.time()
+        pending = _Pending(inputs, rows, signature, self._loop.create_future(), now)
+        if deadline_s is not None:
+            pending.deadline = now + deadline_s
         if timeout_s > 0 and policy.timeout_action == "REJECT":
             pending.timer = self._loop.call_later(timeout_s, self._expire, pending, timeout_s)
         self._queue.append(pending)
@@ -235,17 +242,23 @@ class DynamicBatcher:
                 await self._wait_arrival(None)
                 continue
             head = self._queue[0]
-            if not self._merge:
-                return self._take(head, self._max_rows)
-            rows = self._compatible_rows(head)
-            if rows >= self._max_rows:
-                return self._take(head, self._max_rows)
-            if self._preferred_top and rows >= self._preferred_top:
-                return self._take(head, self._preferred_top)
-            remaining = head.enqueued + self._policy.max_queue_delay_s - self._loop.time()
-            if remaining < TIMER_RESOLUTION_S:
-                return self._take(head, self._max_rows)
-            await self._wait_arrival(remaining)
+            limit = None
+            rows = self._compatible_rows(head) if self._merge else 0
+            if not self._merge or rows >= self._max_rows:
+                limit = self._max_rows
+            elif self._preferred_top and rows >= self._preferred_top:
+                limit = self._preferred_top
+            elif head.enqueued + self._policy.max_queue_delay_s - self._loop.time() < (
+                TIMER_RESOLUTION_S
+            ):
+                limit = self._max_rows
+            if limit is None:
+                remaining = head.enqueued + self._policy.max_queue_delay_s - self._loop.time()
+                await self._wait_arrival(remaining)
+                continue
+            taken = self._take(head, limit)
+            if taken:  # else every candidate was shed past its deadline: look again
+                return taken
 
     def _compatible_rows(self, head: _Pending) -> int:
         return sum(p.rows for p in self._queue if p.alive() and p.signature == head.signature)
@@ -266,6 +279,8 @@ class DynamicBatcher:
                 full = True
                 kept.append(pending)
                 continue
+            if self._past_deadline(pending, total + pending.rows):
+                continue
             taken.append(pending)
             total += pending.rows
             if not self._merge:
@@ -276,8 +291,29 @@ class DynamicBatcher:
         for pending in taken:
             if pending.timer is not None:
                 pending.timer.cancel()
-        self._observer.dispatched(total, [now - p.enqueued for p in taken])
+        if taken:
+            self._observer.dispatched(total, [now - p.enqueued for p in taken])
         return taken
+
+    def _past_deadline(self, pending: _Pending, batch_rows: int) -> bool:
+        """Shed ``pending`` now if a batch of ``batch_rows`` rows started now would end
+        past its deadline: the caller gets a fast ``Overloaded`` (retry elsewhere)
+        instead of a late one, and the instance's time goes to answers still wanted."""
+        if pending.deadline is None:
+            return False
+        ends = self._loop.time() + batch_rows * (self._row_s or 0.0)
+        if ends <= pending.deadline:
+            return False
+        late_ms = (ends - pending.deadline) * 1000
+        self._fail(
+            pending,
+            Overloaded(
+                f"shed before running: it would end {late_ms:.0f} ms past its deadline; retry later"
+            ),
+        )
+        if pending.timer is not None:
+            pending.timer.cancel()
+        return True
 
     async def _run(self, batch: list[_Pending]) -> None:
         try:

@@ -361,3 +361,23 @@ async def test_a_request_the_queue_cannot_serve_before_its_deadline_is_refused_a
     results = await asyncio.wait_for(asyncio.gather(*held, patient), 10)
     assert [float(r["y"][0, 0]) for r in results] == [0.0, 2.0, 4.0, 16.0]
     await batcher.stop()
+
+
+async def test_a_queued_request_whose_deadline_passed_is_shed_at_dispatch_not_run():
+    model = FakeModel()
+    model.gate.clear()
+    batcher = make(model, policy=None, max_batch=1)
+    running = asyncio.ensure_future(batcher.submit(row(1), 1))
+    await model.started(1)
+    # nothing measured yet: both are admitted; one needs its answer within 50 ms
+    hurried = asyncio.ensure_future(batcher.submit(row(2), 1, deadline_s=0.05))
+    patient = asyncio.ensure_future(batcher.submit(row(3), 1, deadline_s=30))
+    await queued(batcher, 2)
+    await asyncio.sleep(0.1)  # the instance stays busy past the hurried one's deadline
+    model.gate.set()
+    with pytest.raises(Overloaded, match="shed before running"):
+        await asyncio.wait_for(hurried, 10)
+    done = await asyncio.wait_for(asyncio.gather(running, patient), 10)
+    assert [float(r["y"][0, 0]) for r in done] == [2.0, 6.0]
+    assert model.batches == [[1], [1]]  # the shed request never ran
+    await batcher.stop()
