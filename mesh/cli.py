@@ -82,8 +82,17 @@ def bootstrap(
 
     from mesh.envoy import bootstrap as make
 
+    host, port = _xds_address(xds)
+    typer.echo(json.dumps(make(node_id, host, port, admin_port), indent=2))
+
+
+def _xds_address(xds: str) -> tuple[str, int]:
+    """``--xds HOST:PORT``; exits 2 naming the option when it is not that."""
     host, _, port = xds.rpartition(":")
-    typer.echo(json.dumps(make(node_id, host, int(port), admin_port), indent=2))
+    if not host or not port.isdigit():
+        typer.echo(f"error: --xds {xds!r}: expected HOST:PORT", err=True)
+        raise typer.Exit(2)
+    return host, int(port)
 
 
 @app.command("dev-cert")
@@ -116,18 +125,13 @@ def envoy(
     import os
 
     from mesh.envoy import bootstrap as make
-    from mesh.envoy import envoy_binary
+    from mesh.envoy import envoy_argv
 
-    host, _, port = xds.rpartition(":")
-    if not host or not port.isdigit():
-        typer.echo(f"error: --xds {xds!r}: expected HOST:PORT", err=True)
-        raise typer.Exit(2)
+    host, port = _xds_address(xds)
     config = workdir / "envoy-bootstrap.json"
-    config.write_text(json.dumps(make(node_id, host, int(port), admin_port)))
-    binary = envoy_binary()
-    argv = [binary, "-c", str(config), "--concurrency", str(concurrency), "--use-dynamic-base-id"]
-    argv += ["--drain-time-s", str(drain_time_s), "--drain-strategy", "gradual"]
-    os.execv(binary, argv)
+    config.write_text(json.dumps(make(node_id, host, port, admin_port)))
+    argv = envoy_argv(config, concurrency, drain_time_s, "gradual")
+    os.execv(argv[0], argv)
 
 
 @app.command()
@@ -139,13 +143,13 @@ def drain(
     then wait: the edge's preStop hook, before Kubernetes sends SIGTERM."""
     import time
     import urllib.error
-    import urllib.request
 
-    url = f"http://127.0.0.1:{admin_port}/drain_listeners?graceful"
+    from mesh.envoy import drain_listeners
+
     try:
-        urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=5).close()
+        drain_listeners(admin_port)
     except (OSError, urllib.error.URLError) as exc:
-        typer.echo(f"envoy admin {url}: {exc}; not draining", err=True)
+        typer.echo(f"envoy admin on 127.0.0.1:{admin_port}: {exc}; not draining", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"draining Envoy's listeners; waiting {wait_s:g}s")
     time.sleep(wait_s)

@@ -111,6 +111,26 @@ def envoy_binary() -> str:
         return found
 
 
+def envoy_argv(config: Path, concurrency: int, drain_time_s: int, strategy: str) -> list[str]:
+    """The command line of Envoy with the bootstrap ``config`` (a dynamic base id: several
+    Envoys may share a machine)."""
+    argv = [envoy_binary(), "-c", str(config), "--use-dynamic-base-id"]
+    argv += ["--concurrency", str(concurrency), "--drain-time-s", str(drain_time_s)]
+    return [*argv, "--drain-strategy", strategy]
+
+
+def admin_request(admin_port: int, path: str, method: str = "GET", timeout: float = 2.0) -> str:
+    """One call to Envoy's admin interface on loopback; its body."""
+    request = urllib.request.Request(f"http://127.0.0.1:{admin_port}{path}", method=method)
+    with urllib.request.urlopen(request, timeout=timeout) as answer:
+        return answer.read().decode()
+
+
+def drain_listeners(admin_port: int, timeout: float = 5.0) -> None:
+    """Ask Envoy to drain its listeners gracefully (OSError/URLError if it is not there)."""
+    admin_request(admin_port, "/drain_listeners?graceful", "POST", timeout)
+
+
 @dataclass
 class EnvoyProcess:
     process: ServiceProcess
@@ -122,10 +142,7 @@ class EnvoyProcess:
         return self.process.pid
 
     def admin(self, path: str, method: str = "GET", timeout: float = 2.0) -> str:
-        url = f"http://127.0.0.1:{self.admin_port}{path}"
-        request = urllib.request.Request(url, method=method)
-        with urllib.request.urlopen(request, timeout=timeout) as answer:
-            return answer.read().decode()
+        return admin_request(self.admin_port, path, method, timeout)
 
     def listener_ports(self) -> dict[str, int]:
         """Bound port per listener name (listeners configured with port 0 included)."""
@@ -157,7 +174,7 @@ class EnvoyProcess:
     def drain(self, seconds: float) -> None:
         """Drain the listeners gracefully (connections told to close), for ``seconds``."""
         try:
-            self.admin("/drain_listeners?graceful", method="POST")
+            drain_listeners(self.admin_port)
         except (OSError, urllib.error.URLError):
             return
         time.sleep(seconds)
@@ -183,22 +200,8 @@ def start_envoy(
     config = workdir / "bootstrap.json"
     config.write_text(json.dumps(bootstrap(node_id, xds_host, xds_port)))
     address_file = workdir / "admin-address"
-    cmd = [
-        envoy_binary(),
-        "-c",
-        str(config),
-        "--use-dynamic-base-id",
-        "--concurrency",
-        str(concurrency),
-        "--drain-time-s",
-        str(max(1, round(drain_time_s))),
-        "--drain-strategy",
-        "immediate",
-        "--log-level",
-        log_level,
-        "--admin-address-path",
-        str(address_file),
-    ]
+    cmd = envoy_argv(config, concurrency, max(1, round(drain_time_s)), "immediate")
+    cmd += ["--log-level", log_level, "--admin-address-path", str(address_file)]
     process = spawn(cmd, "envoy")
     deadline = time.monotonic() + 30
     while not address_file.exists() or not address_file.read_text().strip():

@@ -4,7 +4,6 @@ started on a free loopback port with a generated config, scraping every second."
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -13,17 +12,11 @@ from pathlib import Path
 import requests
 import yaml
 
-from tests.gateway.conftest import wait_until
+from tests.gateway.conftest import free_port, wait_until
 
 PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")
 MISSING = "Debian's prometheus is not installed: `make prometheus` (apt-get) adds it"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager

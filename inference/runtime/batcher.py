@@ -242,18 +242,15 @@ class DynamicBatcher:
                 await self._wait_arrival(None)
                 continue
             head = self._queue[0]
-            limit = None
             rows = self._compatible_rows(head) if self._merge else 0
+            remaining = head.enqueued + self._policy.max_queue_delay_s - self._loop.time()
             if not self._merge or rows >= self._max_rows:
                 limit = self._max_rows
             elif self._preferred_top and rows >= self._preferred_top:
                 limit = self._preferred_top
-            elif head.enqueued + self._policy.max_queue_delay_s - self._loop.time() < (
-                TIMER_RESOLUTION_S
-            ):
+            elif remaining < TIMER_RESOLUTION_S:
                 limit = self._max_rows
-            if limit is None:
-                remaining = head.enqueued + self._policy.max_queue_delay_s - self._loop.time()
+            else:
                 await self._wait_arrival(remaining)
                 continue
             taken = self._take(head, limit)
@@ -269,6 +266,7 @@ class DynamicBatcher:
         kept: collections.deque[_Pending] = collections.deque()
         total = 0
         full = False
+        now = self._loop.time()
         for pending in self._queue:
             if not pending.alive():
                 continue
@@ -279,7 +277,7 @@ class DynamicBatcher:
                 full = True
                 kept.append(pending)
                 continue
-            if self._past_deadline(pending, total + pending.rows):
+            if self._past_deadline(pending, now, total + pending.rows):
                 continue
             taken.append(pending)
             total += pending.rows
@@ -287,7 +285,6 @@ class DynamicBatcher:
                 full = True
         self._queue = kept
         self._observer.queued(len(kept))
-        now = self._loop.time()
         for pending in taken:
             if pending.timer is not None:
                 pending.timer.cancel()
@@ -295,13 +292,13 @@ class DynamicBatcher:
             self._observer.dispatched(total, [now - p.enqueued for p in taken])
         return taken
 
-    def _past_deadline(self, pending: _Pending, batch_rows: int) -> bool:
-        """Shed ``pending`` now if a batch of ``batch_rows`` rows started now would end
+    def _past_deadline(self, pending: _Pending, now: float, batch_rows: int) -> bool:
+        """Shed ``pending`` if a batch of ``batch_rows`` rows started ``now`` would end
         past its deadline: the caller gets a fast ``Overloaded`` (retry elsewhere)
         instead of a late one, and the instance's time goes to answers still wanted."""
         if pending.deadline is None:
             return False
-        ends = self._loop.time() + batch_rows * (self._row_s or 0.0)
+        ends = now + batch_rows * (self._row_s or 0.0)
         if ends <= pending.deadline:
             return False
         late_ms = (ends - pending.deadline) * 1000

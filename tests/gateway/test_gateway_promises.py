@@ -49,6 +49,7 @@ from protos.tenfold.v1 import gateway_pb2_grpc as pb_grpc
 from servicekit import kserve_grpc
 from servicekit.ready import read_ready
 from tests.gateway.conftest import (
+    free_port,
     jpeg,
     metric_total,
     pod_inferences,
@@ -78,12 +79,6 @@ def post_effect(gw, image: bytes, size: int = 256, headers: dict | None = None):
 
 def gateway_metric(gw, name: str, **labels: str) -> float:
     return metric_total(scrape(gw.http), name, **labels)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def refused(port: int) -> bool:

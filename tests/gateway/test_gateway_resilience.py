@@ -30,7 +30,7 @@ from gateway.launch import gateway_config, start_gateway
 from inference.launch import start_pod
 from protos.tenfold.v1 import gateway_pb2 as pb
 from protos.tenfold.v1 import gateway_pb2_grpc as pb_grpc
-from tests.gateway.conftest import jpeg, metric_total, pod_metrics, scrape, wait_until
+from tests.gateway.conftest import free_port, jpeg, metric_total, pod_metrics, scrape, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -362,12 +362,6 @@ def alive(pid: int) -> bool:
             return f.read().split(") ")[1][0] != "Z"
     except FileNotFoundError:
         return False
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def worker_feed_answers(worker: int) -> float:

@@ -6,10 +6,12 @@ the Makefile builds. Skipped, saying how to install it, where kubectl is missing
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import re
 import tomllib
+from pathlib import Path
 
 import pytest
 import yaml
@@ -98,18 +100,24 @@ def _config(docs, configmap: str, key: str) -> str:
     raise AssertionError(f"no ConfigMap {configmap} with {key}")
 
 
+def _config_file(docs, configmap: str, key: str, where: Path) -> Path:
+    """The ConfigMap's file ``key`` written under ``where``, as the pod mounts it."""
+    path = where / key
+    path.write_text(_config(docs, configmap, key))
+    return path
+
+
+def _env(docs, deployment: str, name: str) -> dict[str, str | None]:
+    return {e["name"]: e.get("value") for e in container(docs, deployment, name)["env"]}
+
+
 def test_the_config_files_are_valid_for_tenfolds_own_settings(tmp_path, monkeypatch):
     docs = render("overlays/cpu")
-    mesh_path = tmp_path / "mesh.yaml"
-    mesh_path.write_text(_config(docs, "mesh-config", "mesh.yaml"))
-    mesh = load_mesh_file(mesh_path)
+    mesh = load_mesh_file(_config_file(docs, "mesh-config", "mesh.yaml", tmp_path))
     (secret,) = by_kind(docs, "Secret")
     for key, value in secret["data"].items():
-        import base64
-
         monkeypatch.setenv(key, base64.b64decode(value).decode())
-    gateway_path = tmp_path / "gateway.yaml"
-    gateway_path.write_text(_config(docs, "gateway-config", "gateway.yaml"))
+    gateway_path = _config_file(docs, "gateway-config", "gateway.yaml", tmp_path)
     gateway = load_settings(GatewaySettings, gateway_path)
     # API keys from the Secret: so the gateway listens beyond loopback
     assert gateway.tenants and gateway.bind_host == "0.0.0.0"
@@ -125,9 +133,7 @@ def test_the_config_files_are_valid_for_tenfolds_own_settings(tmp_path, monkeypa
 
 def test_the_edge_follows_every_pool_through_a_service_with_http_and_grpc_ports(tmp_path):
     docs = render("overlays/cpu")
-    mesh_path = tmp_path / "mesh.yaml"
-    mesh_path.write_text(_config(docs, "mesh-config", "mesh.yaml"))
-    mesh = load_mesh_file(mesh_path)
+    mesh = load_mesh_file(_config_file(docs, "mesh-config", "mesh.yaml", tmp_path))
     args = container(docs, "edge", "control-plane")["args"]
     followed = dict(
         a.removeprefix("--service=").split("=") for a in args if a.startswith("--service=")
@@ -138,7 +144,7 @@ def test_the_edge_follows_every_pool_through_a_service_with_http_and_grpc_ports(
         assert {"http", "grpc"} <= {p["name"] for p in svc["spec"]["ports"]}, service
         if pool != "gateway":  # each pod pool's Service selects that pool's pods only
             assert svc["spec"]["selector"]["tenfold.dev/pool"] == pool
-            env = {e["name"]: e.get("value") for e in container(docs, service, "inference")["env"]}
+            env = _env(docs, service, "inference")
             assert json.loads(env["TENFOLD_INFERENCE_LOAD_MODELS"]) == list(mesh.pools[pool].models)
     # least privilege: read EndpointSlices in the namespace, nothing more
     (role,) = by_kind(docs, "Role")
@@ -152,15 +158,12 @@ def test_the_edge_follows_every_pool_through_a_service_with_http_and_grpc_ports(
     assert not by_kind(docs, "ClusterRole")
 
 
-def test_sigterm_drains_within_the_grace_period(tmp_path):
+def test_sigterm_drains_within_the_grace_period():
     docs = render("overlays/cpu")
-    gateway_path = tmp_path / "gateway.yaml"
-    gateway_path.write_text(_config(docs, "gateway-config", "gateway.yaml"))
-    drains = {"gateway": yaml.safe_load(gateway_path.read_text())["drain_timeout_s"]}
+    gateway = yaml.safe_load(_config(docs, "gateway-config", "gateway.yaml"))
+    drains = {"gateway": gateway["drain_timeout_s"]}
     for pool in PRODUCT_POOLS:
-        env = {
-            e["name"]: e.get("value") for e in container(docs, f"{pool}-pods", "inference")["env"]
-        }
+        env = _env(docs, f"{pool}-pods", "inference")
         drains[f"{pool}-pods"] = float(env["TENFOLD_INFERENCE_DRAIN_TIMEOUT_S"])
     for workload, template in pod_templates(docs):
         name = workload["metadata"]["name"]

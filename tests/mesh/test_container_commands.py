@@ -13,8 +13,8 @@ import yaml
 
 from mesh.envoy import EnvoyProcess
 from servicekit.launcher import launch, spawn
+from tests.gateway.conftest import free_port
 from tests.mesh.test_envoy import mesh_file
-from tests.prom import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 TENFOLD = [sys.executable, "-m", "tenfold", "mesh"]
@@ -78,6 +78,7 @@ def test_mesh_envoy_serves_the_control_planes_listeners_and_mesh_drain_drains_th
     assert done.returncode == 1 and "not draining" in done.stderr
 
 
-def test_mesh_envoy_refuses_a_bad_xds_address():
-    done = subprocess.run([*TENFOLD, "envoy", "--xds=nowhere"], capture_output=True, text=True)
+@pytest.mark.parametrize("command", ["envoy", "bootstrap"])
+def test_mesh_envoy_and_bootstrap_refuse_a_bad_xds_address(command):
+    done = subprocess.run([*TENFOLD, command, "--xds=nowhere"], capture_output=True, text=True)
     assert done.returncode == 2 and "expected HOST:PORT" in done.stderr

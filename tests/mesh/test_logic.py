@@ -62,25 +62,36 @@ class Clock:
 
 
 # -- config -----------------------------------------------------------------------------
-def test_bad_mesh_config_names_the_field(tmp_path):
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        (
+            "pools: {gateway: {}, feed: {retry: {max_retries: -1}}}\n",
+            r"pools\.feed\.retry\.max_retries",
+        ),
+        (
+            "pools: {gateway: {}}\nroutes: [{prefix: /v1/, pool: nowhere}]\n",
+            r"routes\[0\]\.pool: no pool named 'nowhere'",
+        ),
+        (
+            "pools: {gateway: {}, a: {models: [m]}, b: {models: [m]}}\n",
+            "'m' is served by pool 'a' too",
+        ),
+        (
+            "pools: {gateway: {}}\nendpoints: {gateway: [{http: 'x:1', grpc: 'y'}]}\n",
+            r"endpoints\.gateway\.0\.grpc",
+        ),
+        ("pools: {feed: {}}\n", "'gateway' pool"),
+        (
+            "listeners: {http: {port: 8080, protocol: http, colour: red}}\n",
+            r"listeners\.http\.colour",
+        ),
+    ],
+)
+def test_bad_mesh_config_names_the_field(tmp_path, text, needle):
     path = tmp_path / "mesh.yaml"
-    path.write_text("pools: {gateway: {}, feed: {retry: {max_retries: -1}}}\n")
-    with pytest.raises(MeshConfigError, match=r"pools\.feed\.retry\.max_retries"):
-        load_mesh_file(path)
-    path.write_text("pools: {gateway: {}}\nroutes: [{prefix: /v1/, pool: nowhere}]\n")
-    with pytest.raises(MeshConfigError, match=r"routes\[0\]\.pool: no pool named 'nowhere'"):
-        load_mesh_file(path)
-    path.write_text("pools: {gateway: {}, a: {models: [m]}, b: {models: [m]}}\n")
-    with pytest.raises(MeshConfigError, match="'m' is served by pool 'a' too"):
-        load_mesh_file(path)
-    path.write_text("pools: {gateway: {}}\nendpoints: {gateway: [{http: 'x:1', grpc: 'y'}]}\n")
-    with pytest.raises(MeshConfigError, match=r"endpoints\.gateway\.0\.grpc"):
-        load_mesh_file(path)
-    path.write_text("pools: {feed: {}}\n")
-    with pytest.raises(MeshConfigError, match="'gateway' pool"):
-        load_mesh_file(path)
-    path.write_text("listeners: {http: {port: 8080, protocol: http, colour: red}}\n")
-    with pytest.raises(MeshConfigError, match=r"listeners\.http\.colour"):
+    path.write_text(text)
+    with pytest.raises(MeshConfigError, match=needle):
         load_mesh_file(path)
 
 
