@@ -17,13 +17,27 @@ from dataclasses import dataclass, field
 from gateway.admission import Admission
 from gateway.auth import Authenticator, Tenant
 from gateway.effects import EffectsPipeline, Rendered
+from gateway.events.schema import (
+    MAX_USER_ID,
+    EventLimits,
+    EventsAnswer,
+    EventsBody,
+    check_batch,
+    user_key,
+)
+from gateway.events.store import EventStore
 from gateway.experiments import assign
-from gateway.feed import FeedAnswer, FeedBody, FeedItemOut, FeedPipeline
+from gateway.feed import FeedAnswer, FeedBody, FeedItemOut, FeedPipeline, Trending
 from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
 from gateway.upstream import Upstream
 from gateway.upstream.passthrough import HttpRequest
-from inference.protocol.errors import ServerUnavailable, TenfoldError, TooManyRequests
+from inference.protocol.errors import (
+    InvalidInput,
+    ServerUnavailable,
+    TenfoldError,
+    TooManyRequests,
+)
 
 
 @dataclass
@@ -47,7 +61,11 @@ class CoreDeps:
     feed: FeedPipeline | None
     effects: EffectsPipeline
     metrics: GatewayMetrics
+    #: the event log and user state (None: no Redis configured, the feed is stateless)
+    events: EventStore | None = None
     clock: Callable[[], float] = time.monotonic
+    #: Unix time, for event timestamps (``clock`` is monotonic, for deadlines)
+    wall_clock: Callable[[], float] = time.time
 
 
 class GatewayCore:
@@ -58,6 +76,8 @@ class GatewayCore:
         self.effects = deps.effects
         self.metrics = deps.metrics
         self.clock = deps.clock
+        self.wall_clock = deps.wall_clock
+        self.events = deps.events
         self.auth = Authenticator(deps.settings.tenants, deps.clock)
         s = deps.settings
         self.admission = Admission(s.max_inflight, s.max_queue, s.queue_timeout_ms / 1000)
@@ -65,7 +85,11 @@ class GatewayCore:
         self._defaults = {
             "feed": s.feed.deadline_ms / 1000,
             "infer": s.infer_deadline_ms / 1000,
+            "events": s.events.deadline_ms / 1000,
         }
+        items = None if deps.feed is None else len(deps.feed.assets.embeddings)
+        e = s.events
+        self.event_limits = EventLimits(e.max_batch, e.future_tolerance_s, e.max_age_s, items)
 
     # -- the envelope every request goes through ------------------------------------
     def default_deadline_s(self, route: str, effect: str | None = None) -> float:
@@ -127,13 +151,67 @@ class GatewayCore:
             raise ServerUnavailable("the feed is not configured (no feed assets)")
         arm = assign(self.settings.experiments, str(body.user_id))
         call.arm = arm.label
-        result = await self.feed_pipeline.run(body, arm, call.deadline, call.request_id)
+        body, history_source, state = await self._with_state(body, call)
+        trending = None
+        if self.events is not None:
+            trending = Trending(self.events.trending, self.settings.events.trending_slots)
+        result = await self.feed_pipeline.run(body, arm, call.deadline, call.request_id, trending)
         return FeedAnswer(
             items=[FeedItemOut(item_id=i, score=s, source=src) for i, s, src in result.items],
             model_version=result.model_version,
             experiment=arm.label,
             request_id=call.request_id,
+            history_source=history_source,
+            state=state,
         )
+
+    async def _with_state(self, body: FeedBody, call: Call) -> tuple[FeedBody, str, str]:
+        """The body with the user's stored history (when it sends none) and seen items
+        added; where the history came from; the state's outcome (ok, degraded, off)."""
+        source = "request" if body.history else "none"
+        user = user_key(body.user_id)
+        if self.events is None or len(user) > MAX_USER_ID:
+            return body, source, "off"
+        budget = min(self.settings.events.state_timeout_ms / 1000, call.deadline - self.clock())
+        try:
+            stored = await self.events.user_state(user, budget)
+        except ServerUnavailable:
+            self.metrics.state_reads.labels("degraded").inc()
+            return body, source, "degraded"
+        items = len(self.feed_pipeline.assets.embeddings)
+        update = {}
+        history = [i for i in stored.history if 0 <= i < items]
+        if not body.history and history:
+            update["history"], source = history, "state"
+        if stored.seen:
+            update["seen"] = [*body.seen, *stored.seen]
+        self.metrics.state_reads.labels("hit" if update else "miss").inc()
+        return (body.model_copy(update=update) if update else body), source, "ok"
+
+    # -- events -------------------------------------------------------------------------
+    def _event_store(self) -> EventStore:
+        if self.events is None:
+            raise ServerUnavailable(
+                "events are not configured (no events.redis_url): the gateway is stateless"
+            )
+        return self.events
+
+    async def publish_events(self, body: EventsBody, call: Call) -> EventsAnswer:
+        """Check the batch and append it to the event log; answered once stored."""
+        store = self._event_store()
+        events = check_batch(body, self.event_limits, self.wall_clock())
+        ids = await store.publish(events, call.deadline - self.clock())
+        for event in events:
+            self.metrics.events.labels(event.type).inc()
+        return EventsAnswer(accepted=len(ids), ids=ids, request_id=call.request_id)
+
+    async def erase_user(self, user_id: str, call: Call) -> str:
+        """Delete a user's state (history, seen items); the log id of the erasure."""
+        store = self._event_store()
+        user = user_key(user_id)
+        if not user or len(user) > MAX_USER_ID:
+            raise InvalidInput(f"user_id: must be 1 to {MAX_USER_ID} characters")
+        return await store.erase(user, call.deadline - self.clock())
 
     async def apply_effect(
         self, effect: str, data: bytes, size: int | None, fmt: str, call: Call

@@ -47,7 +47,7 @@ class FeedBody(BaseModel):
 class FeedItemOut(BaseModel):
     item_id: int
     score: float
-    source: str = Field(description="recall | cold_start")
+    source: str = Field(description="recall | cold_start | trending")
 
 
 class FeedAnswer(BaseModel):
@@ -57,6 +57,29 @@ class FeedAnswer(BaseModel):
     model_version: str
     experiment: str
     request_id: str
+    history_source: str = Field(
+        "none", description="where the history came from: request | state | none"
+    )
+    state: str = Field(
+        "off",
+        description="the user's stored state: ok (read) | degraded (the store did not "
+        "answer in time: stateless feed) | off (no event store configured)",
+    )
+
+
+#: where a candidate came from, by code (``FeedResult`` items carry the name)
+SOURCES = ("recall", "cold_start", "trending")
+RECALL, COLD_START, TRENDING = range(3)
+#: trending candidates ranked per guaranteed slot (the rest wait for a better rank)
+TRENDING_RANKED_PER_SLOT = 4
+
+
+@dataclass(frozen=True)
+class Trending:
+    """The live trending pool (best first) and the feed places kept for it."""
+
+    ids: np.ndarray
+    slots: int = 0
 
 
 #: how a ranker takes its candidates: "rows" = one row per candidate (user features
@@ -154,6 +177,26 @@ def _top_diverse(
     return taken
 
 
+def _keep_slots(
+    top: list[int], scores: np.ndarray, wanted: np.ndarray, count: int, slots: int
+) -> list[int]:
+    """``top`` with at least ``slots`` positions where ``wanted`` (the best-scored of
+    them), taking the places of the lowest-scored others; best first."""
+    have = sum(1 for p in top if wanted[p])
+    if have >= slots:
+        return top
+    taken = set(top)
+    extra = [int(p) for p in np.argsort(-scores, kind="stable") if wanted[p] and p not in taken]
+    extra = extra[: max(0, min(slots, count) - have)]
+    if not extra:
+        return top
+    keep = list(top)
+    while len(keep) + len(extra) > count:
+        drop = next(p for p in reversed(keep) if not wanted[p])
+        keep.remove(drop)
+    return sorted(keep + extra, key=lambda p: -scores[p])
+
+
 def _absent(ids: np.ndarray, others: np.ndarray, items: int) -> np.ndarray:
     """``~np.isin(ids, others)`` for item ids in [0, items): a mask over the catalogue
     instead of a sort (several times faster for a page's worth of ids)."""
@@ -236,26 +279,47 @@ class FeedPipeline:
         )
         return vec, ids, scores
 
-    def _candidates(self, vec, recalled, recall_scores, seen: list[int]):
-        """Candidate ids, whether each came from recall, and a cheap pre-score (the
-        recall dot product; pool order for a user without an embedding)."""
+    def _pool(self, trending: Trending | None) -> tuple[np.ndarray, np.ndarray]:
+        """The cold-start pool with the live trending items first, and each one's
+        origin (COLD_START or TRENDING)."""
+        a = self.assets
+        items = len(a.embeddings)
+        live = np.empty(0, np.int64) if trending is None else trending.ids
+        live = live[(live >= 0) & (live < items)]
+        if not len(live):
+            return a.pool, np.full(len(a.pool), COLD_START, np.int8)
+        rest = a.pool[_absent(a.pool, live, items)]
+        origin = np.full(len(live) + len(rest), COLD_START, np.int8)
+        origin[: len(live)] = TRENDING
+        return np.concatenate([live, rest]), origin
+
+    def _candidates(self, vec, recalled, recall_scores, seen: list[int], trending=None):
+        """Candidate ids, where each came from (SOURCES codes), and a cheap pre-score
+        (the recall dot product; pool order for a user without an embedding). The
+        cascade keeps a few trending candidates whatever their pre-score."""
         a, s = self.assets, self.settings
+        pool, pool_origin = self._pool(trending)
         if vec is None:
-            ids = a.pool
+            ids, origin = pool, pool_origin
             pre = -np.arange(len(ids), dtype=np.float32)
         else:
-            pool = a.pool[: s.cold_start_candidates]
-            pool = pool[_absent(pool, recalled, len(a.embeddings))]
+            cut = s.cold_start_candidates
+            pool, pool_origin = pool[:cut], pool_origin[:cut]
+            fresh = _absent(pool, recalled, len(a.embeddings))
+            pool, pool_origin = pool[fresh], pool_origin[fresh]
             ids = np.concatenate([recalled, pool])
+            origin = np.concatenate([np.full(len(recalled), RECALL, np.int8), pool_origin])
             pre = np.concatenate([recall_scores, a.embeddings[pool] @ vec])
-        from_recall = np.arange(len(ids)) < len(recalled)
         if seen:
             keep = _absent(ids, np.asarray(seen, dtype=np.int64), len(a.embeddings))
-            ids, from_recall, pre = ids[keep], from_recall[keep], pre[keep]
+            ids, origin, pre = ids[keep], origin[keep], pre[keep]
         if s.rank_candidates and len(ids) > s.rank_candidates:
+            kept = np.flatnonzero(origin == TRENDING)
+            kept = kept[: TRENDING_RANKED_PER_SLOT * (trending.slots if trending else 0)]
             best = np.argpartition(-pre, s.rank_candidates - 1)[: s.rank_candidates]
-            ids, from_recall = ids[best], from_recall[best]
-        return ids, from_recall
+            best = np.union1d(best, kept)
+            ids, origin = ids[best], origin[best]
+        return ids, origin
 
     async def _rank(self, ranker, version, ctx, history, ids, deadline, request_id):
         """The ranker's heads for each candidate: [n, heads] and the version served."""
@@ -275,12 +339,19 @@ class FeedPipeline:
         )
         return np.stack([heads[h].reshape(-1)[:n] for h in HEADS], 1), served
 
-    async def run(self, body: FeedBody, arm: Arm, deadline: float, request_id: str) -> FeedResult:
+    async def run(
+        self,
+        body: FeedBody,
+        arm: Arm,
+        deadline: float,
+        request_id: str,
+        trending: Trending | None = None,
+    ) -> FeedResult:
         user, ctx, history = self._inputs(body)
         vec, recalled, recall_scores = None, np.empty(0, np.int64), np.empty(0, np.float32)
         if user is not None or history.any():
             vec, recalled, recall_scores = await self._recall(ctx, history, deadline, request_id)
-        ids, from_recall = self._candidates(vec, recalled, recall_scores, body.seen)
+        ids, origin = self._candidates(vec, recalled, recall_scores, body.seen, trending)
         if not len(ids):
             return FeedResult([], "")
         ranker = arm.ranker_model or self.settings.ranker_model
@@ -297,8 +368,7 @@ class FeedPipeline:
         top = _top_diverse(
             ids, scores, self.assets.creators, body.count, self.settings.max_per_creator
         )
-        items = [
-            (int(ids[p]), float(scores[p]), "recall" if from_recall[p] else "cold_start")
-            for p in top
-        ]
+        if trending is not None and trending.slots:
+            top = _keep_slots(top, scores, origin == TRENDING, body.count, trending.slots)
+        items = [(int(ids[p]), float(scores[p]), SOURCES[origin[p]]) for p in top]
         return FeedResult(items, f"{ranker}:{version}")

@@ -65,12 +65,17 @@ def listening_line(settings: GatewaySettings, host: str, ports: Mapping[str, int
 
 
 def ready_line(settings: GatewaySettings) -> str:
+    if settings.events.redis_url:
+        events = f"events and user state in {settings.events.redis_url}"
+    else:
+        events = "no event store (events.redis_url): the feed is stateless"
     if settings.xds:
         return (
-            f"ready, pools {', '.join(settings.pools) or 'none'} follow the mesh at {settings.xds}"
+            f"ready, pools {', '.join(settings.pools) or 'none'} follow the mesh at "
+            f"{settings.xds}; {events}"
         )
     pools = ", ".join(f"{n} ({len(p.endpoints)} endpoints)" for n, p in settings.pools.items())
-    return f"ready, pools: {pools or 'none'}"
+    return f"ready, pools: {pools or 'none'}; {events}"
 
 
 def _loopback_notice(settings: GatewaySettings) -> None:

@@ -77,6 +77,20 @@ class GatewayMetrics:
             registry=r,
         )
 
+        self.state_reads = Counter(
+            "tenfold_gateway_state_reads",
+            "User-state reads by feeds, by outcome (hit, miss, degraded: the store did "
+            "not answer in time and the feed was served stateless).",
+            ("outcome",),
+            registry=r,
+        )
+        self.events = Counter(
+            "tenfold_gateway_events_accepted",
+            "Feedback events stored in the event log, by type.",
+            ("type",),
+            registry=r,
+        )
+
     def render(self) -> bytes:
         """The exposition text: all workers' metrics in multi-process mode."""
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -14,18 +14,30 @@ from grpc_reflection.v1alpha import reflection
 
 from gateway.core import CoreDeps, GatewayCore
 from gateway.effects import EffectsPipeline
+from gateway.events.store import EventStore
 from gateway.feed import FeedAssets, FeedPipeline
-from gateway.grpc.servicer import EffectsServicer, FeedServicer, kserve_passthrough
+from gateway.grpc.servicer import (
+    EffectsServicer,
+    EventsServicer,
+    FeedServicer,
+    kserve_passthrough,
+)
 from gateway.http.app import create_app
 from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
 from gateway.upstream.upstreams import build_upstreams
+from inference.protocol.errors import TenfoldError
 from protos.tenfold.v1 import gateway_pb2, gateway_pb2_grpc
 from servicekit import kserve_grpc
 
 log = logging.getLogger("tenfold.gateway")
 HEALTH_INTERVAL_S = 1.0
-_SERVICES = ("tenfold.v1.Feed", "tenfold.v1.Effects", kserve_grpc.SERVICE_NAME)
+_SERVICES = (
+    "tenfold.v1.Feed",
+    "tenfold.v1.Effects",
+    "tenfold.v1.Events",
+    kserve_grpc.SERVICE_NAME,
+)
 
 
 @dataclass(frozen=True)
@@ -45,7 +57,8 @@ def build_core(settings: GatewaySettings, metrics: GatewayMetrics | None = None)
     effects = EffectsPipeline(
         settings.effects, upstream.client(settings.effects_pool), settings.max_image_pixels
     )
-    return GatewayCore(CoreDeps(settings, upstream, feed, effects, metrics))
+    events = EventStore(settings.events) if settings.events.redis_url else None
+    return GatewayCore(CoreDeps(settings, upstream, feed, effects, metrics, events))
 
 
 class GatewayServer:
@@ -56,6 +69,7 @@ class GatewayServer:
         self._grpc: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._checker: asyncio.Task | None = None
+        self._trending: asyncio.Task | None = None
         self.ports: BoundPorts | None = None
 
     @property
@@ -82,11 +96,13 @@ class GatewayServer:
         self._grpc = grpc.aio.server(options=options)
         gateway_pb2_grpc.add_FeedServicer_to_server(FeedServicer(self.core), self._grpc)
         gateway_pb2_grpc.add_EffectsServicer_to_server(EffectsServicer(self.core), self._grpc)
+        gateway_pb2_grpc.add_EventsServicer_to_server(EventsServicer(self.core), self._grpc)
         self._grpc.add_generic_rpc_handlers([kserve_passthrough(self.core)])
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         names = [
             gateway_pb2.DESCRIPTOR.services_by_name["Feed"].full_name,
             gateway_pb2.DESCRIPTOR.services_by_name["Effects"].full_name,
+            gateway_pb2.DESCRIPTOR.services_by_name["Events"].full_name,
             health.SERVICE_NAME,
             reflection.SERVICE_NAME,
         ]
@@ -98,6 +114,8 @@ class GatewayServer:
         await self.core.upstream.check_health()
         await self._set_health()
         self._checker = asyncio.create_task(self._check_loop())
+        if self.core.events is not None:
+            self._trending = asyncio.create_task(self._trending_loop(self.core.events))
         self.ports = BoundPorts(http_port, grpc_port)
         return self.ports
 
@@ -119,6 +137,16 @@ class GatewayServer:
             except Exception:  # never let the checker die
                 log.exception("pool health check failed")
 
+    async def _trending_loop(self, store: EventStore) -> None:
+        """Re-read the trending pool; while the store is away, keep the last one."""
+        every = self.settings.events.trending_refresh_s
+        while True:
+            try:
+                await store.refresh_trending(timeout_s=every)
+            except TenfoldError as exc:
+                log.debug("trending pool not refreshed: %s", exc)
+            await asyncio.sleep(every)
+
     async def drain(self) -> None:
         """Not ready, stop accepting, let in-flight requests finish (bounded), close."""
         timeout = self.settings.drain_timeout_s
@@ -133,10 +161,13 @@ class GatewayServer:
         await self.close()
 
     async def close(self) -> None:
-        if self._checker is not None:
-            self._checker.cancel()
+        for task in (self._checker, self._trending):
+            if task is not None:
+                task.cancel()
         if self._grpc is not None:
             await self._grpc.stop(grace=None)
         if self._runner is not None:
             await self._runner.cleanup()
         await self.core.upstream.close()
+        if self.core.events is not None:
+            await self.core.events.close()

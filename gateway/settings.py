@@ -11,7 +11,9 @@ from pathlib import Path
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-ROUTES = ("feed", "effects", "infer")
+from gateway.events.settings import EventsSettings
+
+ROUTES = ("feed", "effects", "infer", "events")
 
 
 class EndpointSettings(BaseModel):
@@ -132,6 +134,10 @@ class GatewaySettings(BaseSettings):
         description="effect name -> model and sizes",
     )
     effects_pool: str = Field("default", description="pool serving the effect models")
+    events: EventsSettings = Field(
+        default_factory=EventsSettings,
+        description="feedback events and user state in Redis (off without redis_url)",
+    )
     max_body_bytes: int = Field(8 << 20, ge=1024, description="largest request body")
     max_image_pixels: int = Field(
         25_000_000, ge=1024, description="largest decoded image (width x height)"

@@ -22,6 +22,7 @@ GROUPS = {
     "loadtest": "loadtest.cli:app",
     "mesh": "mesh.cli:app",
     "autoscale": "autoscale.cli:app",
+    "events": "gateway.events.cli:app",
 }
 COMMANDS = {"optimize": "optimizers.cli:optimize_cmd"}
 
@@ -89,9 +90,21 @@ def up(
         float | None,
         typer.Option(help="Autoscale: CPU cores per pod, a cgroup quota (default: no limit)"),
     ] = None,
+    events: Annotated[
+        bool,
+        typer.Option(
+            "--events/--no-events",
+            help="Feedback events and user state: a local Redis and the stream processor "
+            "(--no-events: a stateless feed)",
+        ),
+    ] = True,
+    state_dir: Annotated[
+        Path, typer.Option(help="Where the local Redis keeps its data (append-only file)")
+    ] = Path("var/redis"),
 ) -> None:
     """Run the local stack on loopback: the mesh control plane, inference pods, the
-    gateway and Envoy at the edge on the public ports."""
+    gateway and Envoy at the edge on the public ports, and (with events) Redis and the
+    stream processor."""
     from tenfold.scaling import AutoscaleOptions, parse_targets
     from tenfold.stack import StackOptions
     from tenfold.stack import up as run_stack
@@ -131,7 +144,16 @@ def up(
             raise typer.Exit(2)
         scaling = AutoscaleOptions(targets, max_pods, cpu_per_pod)
     options = StackOptions(
-        repository, pods, port, grpc_port, workers, threads, mesh, tls=tls, autoscale=scaling
+        repository,
+        pods,
+        port,
+        grpc_port,
+        workers,
+        threads,
+        mesh,
+        tls=tls,
+        autoscale=scaling,
+        state_dir=state_dir if events else None,
     )
     raise typer.Exit(run_stack(options))
 

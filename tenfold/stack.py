@@ -20,11 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autoscale.cgroups import CgroupError
+from gateway.events.launch import start_processor
 from gateway.launch import DEFAULT_MODELS, gateway_config, start_gateway
 from inference.launch import start_pod
 from mesh.envoy import EnvoyProcess, start_envoy
 from mesh.launch import put_endpoints, start_control_plane
 from servicekit.launcher import LaunchError, ServiceProcess
+from servicekit.redis import redis_url, start_redis
 from tenfold.scaling import PRODUCT_POOLS, AutoscaleOptions, ScaledPools
 
 POD_POOL = "default"
@@ -59,6 +61,9 @@ class StackOptions:
     tls: tuple[Path, Path] | None = None
     #: scale the pod pool on demand (``pods`` is then the minimum)
     autoscale: AutoscaleOptions | None = None
+    #: feedback events and user state: a local Redis keeping its data here, and the
+    #: stream processor (None: no events, the feed is stateless)
+    state_dir: Path | None = None
 
 
 def mesh_file(options: StackOptions) -> dict:
@@ -96,18 +101,33 @@ class Stack:
         self.pods: list[ServiceProcess] = []
         self.gateway: ServiceProcess | None = None
         self.envoy: EnvoyProcess | None = None
+        self.redis: ServiceProcess | None = None
+        self.processor: ServiceProcess | None = None
         self.ports: dict[str, int] = {}
         self.scaled: ScaledPools | None = None
 
     @property
     def children(self) -> list[ServiceProcess]:
-        out = [self.control_plane, *self.pods, self.gateway]
+        out = [self.redis, self.processor, self.control_plane, *self.pods, self.gateway]
         if self.envoy is not None:
             out.append(self.envoy.process)
         return [c for c in out if c is not None]
 
+    def _start_events(self, say) -> dict:
+        """Redis and the stream processor; the gateway's ``events`` settings."""
+        o = self.options
+        if o.state_dir is None:
+            return {}
+        self.redis = start_redis(o.state_dir)
+        url = redis_url(self.redis)
+        self.processor = start_processor(url, "processor-1")
+        say(self.processor.new_output(), end="")
+        say(f"tenfold: events: Redis {url} (data in {o.state_dir}), stream processor ready")
+        return {"events": {"redis_url": url}}
+
     def start(self, say=print) -> None:
         o = self.options
+        events = self._start_events(say)
         if o.mesh:
             self.control_plane = start_control_plane(mesh_file(o))
             say(self.control_plane.new_output(), end="")
@@ -120,12 +140,14 @@ class Stack:
                 put_endpoints(self.control_plane.http, POD_POOL, _pod_set(self.pods))
             say(f"tenfold: pod {i + 1}/{o.pods} ready (grpc {pod.grpc}, http {pod.http})")
         if self.control_plane is None:
-            config = gateway_config(o.repo, self.pods, workers=o.workers)
+            config = gateway_config(o.repo, self.pods, workers=o.workers, **events)
             self.gateway = start_gateway(config, port=o.port, grpc_port=o.grpc_port)
             self.ports = {"http": self.gateway.http_port, "grpc": self.gateway.grpc_port}
             say(self.gateway.new_output(), end="")
             return
-        config = gateway_config(o.repo, self.pods, workers=o.workers, xds=self.control_plane.grpc)
+        config = gateway_config(
+            o.repo, self.pods, workers=o.workers, xds=self.control_plane.grpc, **events
+        )
         if self.scaled is not None:  # a pool per product
             config["pools"] = {p: {"models": list(m)} for p, m in PRODUCT_POOLS.items()}
             config["feed_pool"], config["effects_pool"] = "feed", "effects"
@@ -176,6 +198,10 @@ class Stack:
         if self.control_plane is not None:
             self.control_plane.stop()
             say(self.control_plane.new_output(), end="")
+        for child in (self.processor, self.redis):  # Redis last: it has the state
+            if child is not None:
+                child.stop()
+                say(child.new_output(), end="")
 
 
 def up(options: StackOptions) -> int:

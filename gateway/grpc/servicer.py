@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from gateway.auth import key_from_headers
 from gateway.core import GatewayCore
+from gateway.events.schema import EventsBody
 from gateway.feed import FeedBody
 from inference.protocol.errors import InvalidInput
 from protos.kserve.v2 import grpc_service_pb2 as kpb
@@ -72,7 +73,38 @@ class FeedServicer(pb_grpc.FeedServicer):
                 model_version=answer.model_version,
                 experiment=answer.experiment,
                 request_id=answer.request_id,
+                history_source=answer.history_source,
+                state=answer.state,
             )
+
+
+class EventsServicer(pb_grpc.EventsServicer):
+    def __init__(self, core: GatewayCore) -> None:
+        self.core = core
+
+    async def Publish(self, request: pb.PublishEventsRequest, context):
+        async with _admitted(self.core, context, "events") as call:
+            try:
+                events = []
+                for e in request.events:
+                    event = {"user_id": e.user_id, "item_id": e.item_id, "type": e.type}
+                    if e.HasField("watch_ms"):
+                        event["watch_ms"] = e.watch_ms
+                    if e.HasField("ts"):
+                        event["ts"] = e.ts
+                    events.append(event)
+                body = EventsBody(events=events)
+            except ValidationError as exc:
+                raise InvalidInput(validation_message(exc, first_only=True)) from None
+            answer = await self.core.publish_events(body, call)
+            return pb.PublishEventsResponse(
+                accepted=answer.accepted, ids=answer.ids, request_id=answer.request_id
+            )
+
+    async def EraseUserState(self, request: pb.EraseUserStateRequest, context):
+        async with _admitted(self.core, context, "events") as call:
+            erased = await self.core.erase_user(request.user_id, call)
+            return pb.EraseUserStateResponse(erased=erased, request_id=call.request_id)
 
 
 class EffectsServicer(pb_grpc.EffectsServicer):

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ValidationError
 
 from gateway.auth import key_from_headers
 from gateway.core import GatewayCore
+from gateway.events.schema import EventsBody
 from gateway.feed import FeedBody
 from gateway.http.openapi import document
 from gateway.upstream.passthrough import HttpRequest
@@ -67,12 +68,14 @@ def _admit(request: web.Request, route: str, effect: str | None = None):
     )
 
 
+def _json_type(request: web.Request) -> None:
+    if request.content_type not in ("application/json", "application/octet-stream"):
+        raise UnsupportedMediaType(f"content-type: {request.content_type!r}; send application/json")
+
+
 async def feed(request: web.Request) -> web.Response:
     async with _admit(request, "feed") as call:
-        if request.content_type not in ("application/json", "application/octet-stream"):
-            raise UnsupportedMediaType(
-                f"content-type: {request.content_type!r}; send application/json"
-            )
+        _json_type(request)
         body = _validate(FeedBody, await _body(request))
         answer = await _core(request).feed(body, call)
         response = web.Response(
@@ -83,6 +86,27 @@ async def feed(request: web.Request) -> web.Response:
         if answer.experiment:
             response.headers["x-experiment"] = answer.experiment
         return response
+
+
+async def events(request: web.Request) -> web.Response:
+    async with _admit(request, "events") as call:
+        _json_type(request)
+        body = _validate(EventsBody, await _body(request))
+        answer = await _core(request).publish_events(body, call)
+        return web.Response(
+            body=answer.__pydantic_serializer__.to_json(answer),
+            status=202,
+            content_type="application/json",
+            headers={"x-request-id": call.request_id},
+        )
+
+
+async def erase_user(request: web.Request) -> web.Response:
+    async with _admit(request, "events") as call:
+        user = request.match_info["user_id"]
+        erased = await _core(request).erase_user(user, call)
+        doc = {"user_id": user, "erased": erased, "request_id": call.request_id}
+        return json_response(doc)
 
 
 async def list_effects(request: web.Request) -> web.Response:
@@ -180,6 +204,8 @@ def create_app(core: GatewayCore) -> web.Application:
     app[CORE] = core
     r = app.router
     r.add_post("/v1/feed", feed)
+    r.add_post("/v1/events", events)
+    r.add_delete("/v1/users/{user_id}/state", erase_user)
     r.add_get("/v1/effects", list_effects)
     r.add_post("/v1/effects/{effect}", apply_effect)
     for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):

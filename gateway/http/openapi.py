@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from functools import cache
 
+from gateway.events.schema import EventsAnswer, EventsBody
 from gateway.feed import FeedAnswer, FeedBody
 
 _REF = "#/components/schemas/{model}"
@@ -29,7 +30,7 @@ def _errors(*codes: int) -> dict:
         413: "body or image too large",
         415: "unsupported content type",
         429: "shed by admission control or a rate limit (Retry-After)",
-        503: "no ready endpoint (Retry-After)",
+        503: "no ready endpoint, or the event store is unavailable (Retry-After)",
         504: "deadline expired",
     }
     return {str(c): _json(_ERROR, text[c]) for c in codes}
@@ -76,7 +77,7 @@ def _kserve_paths() -> dict:
 
 def _schemas() -> dict:
     schemas = {}
-    for model in (FeedBody, FeedAnswer):
+    for model in (FeedBody, FeedAnswer, EventsBody, EventsAnswer):
         schema = model.model_json_schema(ref_template=_REF)
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
@@ -84,6 +85,15 @@ def _schemas() -> dict:
         "type": "object",
         "required": ["error"],
         "properties": {"error": {"type": "string"}},
+    }
+    schemas["Erased"] = {
+        "type": "object",
+        "required": ["user_id", "erased", "request_id"],
+        "properties": {
+            "user_id": {"type": "string"},
+            "erased": {"type": "string", "description": "the event log's id of the erasure"},
+            "request_id": {"type": "string"},
+        },
     }
     schemas["EffectList"] = {
         "type": "object",
@@ -127,6 +137,40 @@ def document() -> dict:
                 "responses": {
                     "200": _json({"$ref": _REF.format(model="FeedAnswer")}, "the page"),
                     **_errors(*_COMMON, 413, 415),
+                },
+            }
+        },
+        "/v1/events": {
+            "post": {
+                "summary": "Report what users did (stored in the event log before 202)",
+                "parameters": [_TIMEOUT],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": {"$ref": _REF.format(model="EventsBody")}}
+                    },
+                },
+                "responses": {
+                    "202": _json({"$ref": _REF.format(model="EventsAnswer")}, "stored"),
+                    **_errors(*_COMMON, 413, 415),
+                },
+            }
+        },
+        "/v1/users/{user_id}/state": {
+            "delete": {
+                "summary": "Erase a user's stored state (history and seen items)",
+                "parameters": [
+                    {
+                        "name": "user_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    },
+                    _TIMEOUT,
+                ],
+                "responses": {
+                    "200": _json({"$ref": _REF.format(model="Erased")}, "erased"),
+                    **_errors(*_COMMON),
                 },
             }
         },
