@@ -11,6 +11,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 import requests
+import schemathesis
 
 from gateway.events.keys import Keys
 from gateway.events.processor import Processor, ProcessorMetrics, ProcessorOptions
@@ -275,3 +276,23 @@ def test_without_redis_the_feed_is_stateless_and_events_are_refused_then_come_ba
         client.close()
     finally:
         server.stop()
+
+
+def test_event_answers_match_the_openapi_document(gateway):
+    spec = requests.get(f"http://{gateway.http}/openapi.json", timeout=5).json()
+    schema = schemathesis.openapi.from_dict(spec)
+    good = {"events": [{"user_id": "doc", "item_id": 1, "type": "skip"}]}
+    for method, path, params, answer, status in [
+        ("POST", "/v1/events", {}, post_events(gateway, good["events"]), 202),
+        ("POST", "/v1/events", {}, post_events(gateway, [{"type": "x"}]), 400),
+        (
+            "DELETE",
+            "/v1/users/{user_id}/state",
+            {"user_id": "doc"},
+            requests.delete(f"http://{gateway.http}/v1/users/doc/state", timeout=10),
+            200,
+        ),
+    ]:
+        assert answer.status_code == status, answer.text
+        operation = schema.find_operation_by_path(method, path)
+        operation.Case(path_parameters=params).validate_response(answer)

@@ -416,7 +416,7 @@ def test_openapi_describes_exactly_the_routes(gateway):
     assert routes == described_operations(spec)
     # and the running gateway routes every described operation (a route it lacks is
     # aiohttp's 404 "Not Found" / 405, which no handler of ours answers)
-    names = {"model": "feed_user_tower", "version": "1", "effect": "cartoon"}
+    names = {"model": "feed_user_tower", "version": "1", "effect": "cartoon", "user_id": "u1"}
     for method, path in sorted(described_operations(spec)):
         answer = requests.request(method, url(gateway, path.format(**names)), timeout=30)
         assert answer.status_code != 405, (method, path)
@@ -430,6 +430,9 @@ ANSWERS = [
     ("post", "/v1/feed", {"content-type": "text/plain"}, b"{}", 415),
     ("post", "/v1/feed", {"x-request-timeout-ms": "0.001"}, {"user_id": 2}, 504),
     ("get", "/v1/effects", {}, None, 200),
+    # no event store configured here: refused with the documented 503
+    ("post", "/v1/events", {}, {"events": [{"user_id": 1, "item_id": 1, "type": "like"}]}, 503),
+    ("delete", "/v1/users/u1/state", {}, None, 503),
     ("post", "/v1/effects/cartoon", {"content-type": "image/jpeg"}, "photo", 200),
     (
         "post",
