@@ -33,11 +33,36 @@ FEED = {"user_id": 42, "count": 10, "context": {"hour": 20, "device": "ios"}}
 
 
 @pytest.fixture(scope="module")
-def stack(quick_repo):
-    running = Stack(StackOptions(quick_repo, port=0, grpc_port=0, drain_s=0.2))
+def stack(quick_repo, tmp_path_factory):
+    state = tmp_path_factory.mktemp("redis")
+    running = Stack(StackOptions(quick_repo, port=0, grpc_port=0, drain_s=0.2, state_dir=state))
     running.start(say=lambda *a, **k: None)
     yield running
     running.stop(say=lambda *a, **k: None)
+
+
+def test_events_through_the_edge_reach_the_next_feed(stack):
+    # guards docs/events.md: "tenfold up starts a local Redis and one stream processor"
+    edge = f"http://127.0.0.1:{stack.ports['http']}"
+    assert stack.redis is not None and stack.processor is not None
+    user = "1234"
+    liked = [{"user_id": user, "item_id": i, "type": "like"} for i in (11, 12)]
+    answer = requests.post(f"{edge}/v1/events", json={"events": liked}, timeout=10)
+    assert answer.status_code == 202, answer.text
+    page = wait_until(
+        lambda: (
+            (p := requests.post(f"{edge}/v1/feed", json={"user_id": user}, timeout=10).json())
+            and p["history_source"] == "state"
+            and p
+        ),
+        "the liked items as the user's history",
+        timeout=15,
+    )
+    assert page["state"] == "ok" and len(page["items"]) == 20
+    erased = requests.delete(f"{edge}/v1/users/{user}/state", timeout=10)
+    assert erased.status_code == 200
+    again = requests.post(f"{edge}/v1/feed", json={"user_id": user}, timeout=10).json()
+    assert again["history_source"] == "none"
 
 
 def test_feed_effects_and_kserve_answer_through_envoy_as_they_do_directly(stack):
