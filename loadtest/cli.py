@@ -97,7 +97,9 @@ class _Progress:
 @app.command()
 def run(
     target: Annotated[str, typer.Option(help="http://HOST:PORT or grpc://HOST:PORT")],
-    scenario: Annotated[str, typer.Option(help="feed | effects | mixed | infer")] = "mixed",
+    scenario: Annotated[
+        str, typer.Option(help="feed | effects | mixed | infer | events")
+    ] = "mixed",
     rate: Annotated[float | None, typer.Option(help="requests per second")] = None,
     duration: Annotated[float, typer.Option(help="seconds per rate")] = 10.0,
     processes: Annotated[int, typer.Option(help="generator processes sharing the rate")] = 1,
@@ -116,7 +118,9 @@ def run(
     report: Annotated[Path | None, typer.Option(help="directory for report.json/.html")] = None,
     label: Annotated[str | None, typer.Option(help="name of this run in reports")] = None,
     model: Annotated[str, typer.Option(help="infer: the model")] = "feed_ranker",
-    batch: Annotated[int, typer.Option(help="infer: rows per request")] = 1,
+    batch: Annotated[
+        int, typer.Option(help="infer: rows per request; events: events per request")
+    ] = 1,
     size: Annotated[int, typer.Option(help="effects: output size; infer: image dims")] = 256,
     effect: Annotated[str, typer.Option(help="effects: the effect")] = "cartoon",
     count: Annotated[int, typer.Option(help="feed: items per page")] = 20,

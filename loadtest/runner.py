@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from hdrh.histogram import HdrHistogram
 
 from loadtest.openloop import open_loop
-from loadtest.recorder import Interval, decode, encode, new_histogram
+from loadtest.recorder import Interval, decode, encode, is_ok, new_histogram
 from loadtest.scenarios import ScenarioSpec, open_client
 from loadtest.targets import LoadTestError, Target
 
@@ -244,7 +244,7 @@ async def probe(plan: RunPlan) -> str:
             ) from None
         except OSError as exc:
             raise LoadTestError(f"cannot reach target {plan.target.url}: {exc}") from None
-    if status not in ("200", "OK"):
+    if not is_ok(status):
         raise LoadTestError(
             f"the probe ({plan.spec.name} scenario) to {plan.target.url} answered {status}"
             f"{': ' + client.last_error if client.last_error else ''}; check the target and "

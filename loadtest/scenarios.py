@@ -7,6 +7,8 @@
 - ``effects``: ``POST /v1/effects/{effect}?size=`` (``tenfold.v1.Effects/Apply``) with a
   real photo (loadtest/photos) at one of several sizes.
 - ``mixed``: feed and effects, ``effects_share`` of the requests being effects.
+- ``events``: ``POST /v1/events`` (``tenfold.v1.Events/Publish``) with ``batch`` events
+  of log-uniform users on uniform items, mostly impressions (the mix of ``EVENT_MIX``).
 - ``infer``: a KServe v2 infer of ``model`` with ``batch`` rows (any KServe v2 server:
   a pod, the gateway's pass-through, Triton). Inputs follow the model's metadata:
   variable dims other than the batch become ``image_size``; integer inputs are zeros
@@ -41,7 +43,9 @@ from protos.tenfold.v1 import gateway_pb2 as pb
 from servicekit.kserve_grpc import MODEL_INFER as INFER
 from servicekit.kserve_grpc import client_callables
 
-SCENARIOS = ("feed", "effects", "mixed", "infer")
+SCENARIOS = ("feed", "effects", "mixed", "infer", "events")
+#: the events scenario's types and their shares (what a feed's viewers mostly do: see)
+EVENT_MIX = {"impression": 60, "watch": 20, "finish": 10, "like": 7, "share": 2, "skip": 1}
 DEVICES, NETWORKS = ("android", "ios", "web"), ("wifi", "5g", "4g")
 
 
@@ -283,11 +287,59 @@ async def _infer(spec, target: Target, rng, http, channel, client) -> Send:
     return send_grpc
 
 
+def event_batch(spec: ScenarioSpec, rng: random.Random) -> list[dict]:
+    """``spec.batch`` events, each with its user, item and type drawn from the mix."""
+    kinds, weights = list(EVENT_MIX), list(EVENT_MIX.values())
+    out = []
+    for kind in rng.choices(kinds, weights, k=spec.batch):
+        event = {
+            "user_id": int(spec.users ** rng.random()) - 1,
+            "item_id": rng.randrange(spec.items),
+        }
+        event["type"] = kind
+        if kind == "watch":
+            event["watch_ms"] = rng.randrange(1000, 30_000)
+        out.append(event)
+    return out
+
+
+async def _events(spec, target: Target, rng, http, channel, client) -> Send:
+    if http is not None:
+        url = f"{target.url}/v1/events"
+
+        async def send() -> str:
+            body = orjson.dumps({"events": event_batch(spec, rng)})
+            async with http.post(url, data=body, headers=_JSON) as resp:
+                data = await resp.read()
+                return client.http_status(resp.status, data)
+
+        return send
+    call = channel.unary_unary("/tenfold.v1.Events/Publish")
+
+    async def send_grpc() -> str:
+        events = [pb.Event(**{**e, "user_id": str(e["user_id"])}) for e in event_batch(spec, rng)]
+        try:
+            await call(
+                pb.PublishEventsRequest(events=events).SerializeToString(), metadata=spec.headers
+            )
+        except grpc.aio.AioRpcError as exc:
+            return client.grpc_status(exc)
+        return "OK"
+
+    return send_grpc
+
+
 async def _unset() -> str:
     raise RuntimeError("client not built")
 
 
-_BUILDERS = {"feed": _feed, "effects": _effects, "mixed": _mixed, "infer": _infer}
+_BUILDERS = {
+    "feed": _feed,
+    "effects": _effects,
+    "mixed": _mixed,
+    "infer": _infer,
+    "events": _events,
+}
 
 
 @asynccontextmanager
