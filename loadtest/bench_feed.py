@@ -129,6 +129,8 @@ def _role(proc: psutil.Process) -> str:
         return "other"
     for needle, role in (
         ("envoy", "edge"),
+        ("redis-server", "redis"),
+        ("events process", "processor"),
         ("tenfold mesh", "mesh"),
         ("inference", "pod"),
         ("gateway", "gateway"),

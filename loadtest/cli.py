@@ -361,6 +361,38 @@ def bench_feed(
         module.benchmark(plan, out)
 
 
+@bench.command("events")
+def bench_events(
+    repository: Annotated[
+        Path, typer.Option(help="model repository with the default models")
+    ] = Path("var/model-repository"),
+    duration: Annotated[float, typer.Option(help="seconds per rate")] = 5.0,
+    batch: Annotated[int, typer.Option(min=1, help="events per POST /v1/events")] = 20,
+    p99_ms: Annotated[float, typer.Option(help="p99 budget in ms")] = 100.0,
+    prefill: Annotated[int, typer.Option(min=1000, help="events for the processor run")] = 50_000,
+    lag_samples: Annotated[int, typer.Option(min=10, help="events timed for the lag")] = 200,
+    out: Annotated[
+        Path | None, typer.Option(help="write JSON results here (and the table as .md)")
+    ] = None,
+) -> None:
+    """Feedback events: ingestion through the gateway, the stream processor's rate, the
+    lag from 202 to the user's state, and the feed with and without the state read
+    (docs/benchmarks.md)."""
+    with _exit_2_on_error():
+        _positive(duration=duration, p99_ms=p99_ms)
+        with _loadtest_extra():
+            from loadtest import bench_events as module
+        plan = module.EventsBenchPlan(
+            repository,
+            duration_s=duration,
+            batch=batch,
+            p99_budget_ms=p99_ms,
+            prefill=prefill,
+            lag_samples=lag_samples,
+        )
+        module.benchmark(plan, out)
+
+
 @bench.command("effects")
 def bench_effects(
     repository: Annotated[
