@@ -52,7 +52,7 @@ def ping(port: int, timeout: float = 0.5) -> bool:
 
 
 def start_redis(
-    data_dir: Path, port: int = 0, fsync: str = "everysec", timeout: float = 20.0
+    data_dir: Path, port: int = 0, fsync: str = "always", timeout: float = 20.0
 ) -> ServiceProcess:
     """``redis-server`` on 127.0.0.1 (``port`` 0 = a free one), append-only file in
     ``data_dir`` (fsync ``always`` | ``everysec`` | ``no``), ready when it answers PING.

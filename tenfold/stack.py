@@ -38,6 +38,8 @@ Try, from another shell:
   curl -s localhost:{http}/v1/effects
   curl -s -X POST localhost:{http}/v1/effects/cartoon -H 'content-type: image/jpeg' \\
        --data-binary @docs/img/example.jpg -o cartoon.jpg
+  curl -s -X POST localhost:{http}/v1/events -H 'content-type: application/json' \\
+       -d '{{"events": [{{"user_id": 42, "item_id": 7, "type": "like"}}]}}'  # docs/events.md
   curl -s localhost:{http}/v2/models/feed_ranker          # KServe v2{kserve}
   curl -s localhost:{http}/metrics | grep tenfold_gateway
   grpcurl -plaintext -d '{{"user_id": "42", "count": 3}}' \\

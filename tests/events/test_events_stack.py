@@ -16,6 +16,9 @@ import schemathesis
 from gateway.events.keys import Keys
 from gateway.events.processor import Processor, ProcessorMetrics, ProcessorOptions
 from gateway.events.settings import StateSettings
+from loadtest.runner import RunPlan, run
+from loadtest.scenarios import ScenarioSpec
+from loadtest.targets import Target
 from protos.tenfold.v1 import gateway_pb2 as pb
 from protos.tenfold.v1 import gateway_pb2_grpc as pb_grpc
 from servicekit.redis import redis_url, start_redis
@@ -296,3 +299,14 @@ def test_event_answers_match_the_openapi_document(gateway):
         assert answer.status_code == status, answer.text
         operation = schema.find_operation_by_path(method, path)
         operation.Case(path_parameters=params).validate_response(answer)
+
+
+@pytest.mark.parametrize("scheme", ["http", "grpc"])
+def test_the_load_generator_s_events_scenario_lands_every_event(gateway, store, scheme):
+    address = gateway.http if scheme == "http" else gateway.grpc
+    spec = ScenarioSpec("events", batch=7, items=6000, seed=3)
+    before = store.xlen(Keys().stream)
+    plan = RunPlan(Target.parse(f"{scheme}://{address}"), spec, (20.0,), 1.0)
+    (step,) = run(plan, check=True)  # the probe first, then 20/s for 1 s
+    assert step.total.errors == {} and step.total.ok >= 15
+    assert store.xlen(Keys().stream) - before == 7 * (step.total.ok + 1)  # + the probe
