@@ -23,6 +23,11 @@ from protos.tenfold.v1 import gateway_pb2 as pb
 from protos.tenfold.v1 import gateway_pb2_grpc as pb_grpc
 from servicekit.redis import redis_url, start_redis
 from tests.gateway.conftest import metric_total, scrape, wait_until
+from tests.gateway.test_gateway_promises import (
+    EVENT_STORE_METRICS,
+    documented_gateway_metrics,
+    exposed,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 CONTEXT = {"hour": 20, "device": "ios", "network": "wifi"}
@@ -310,3 +315,22 @@ def test_the_load_generator_s_events_scenario_lands_every_event(gateway, store, 
     (step,) = run(plan, check=True)  # the probe first, then 20/s for 1 s
     assert step.total.errors == {} and step.total.ok >= 15
     assert store.xlen(Keys().stream) - before == 7 * (step.total.ok + 1)  # + the probe
+
+
+def test_the_documented_event_store_metrics_are_exposed_with_their_labels(gateway):
+    # guards docs/gateway.md (Metrics): "`tenfold_gateway_events_accepted_total{type}`,
+    # `tenfold_gateway_state_reads_total{outcome}`" (parsed from the docs)
+    documented = {
+        name: labels
+        for name, labels in documented_gateway_metrics().items()
+        if name in EVENT_STORE_METRICS
+    }
+    assert len(documented) == 2
+    assert (
+        post_events(gateway, [{"user_id": "m", "item_id": 2, "type": "share"}]).status_code == 202
+    )
+    feed(gateway, "m")
+    text = scrape(gateway.http)
+    for name, labels in documented.items():
+        seen = exposed([text], name)
+        assert seen and all(s == labels for s in seen), (name, seen)
