@@ -161,6 +161,9 @@ async def test_a_redelivered_batch_is_not_applied_twice(url):
     assert counts == {"40:finish": 3, "41:finish": 3, "42:finish": 2, "43:finish": 2}
     assert metrics.duplicates._value.get() == 10
     assert await client.lrange(keys.history("u0"), 0, -1) == [b"40", b"43", b"42", b"41"]
+    # state expires: every user key carries the TTL setting
+    for key in (keys.history("u0"), keys.seen("u0")):
+        assert 0 < await client.ttl(key) <= StateSettings().ttl_s
     await client.aclose()
 
 
@@ -177,22 +180,34 @@ def gateway1(make_events_gateway, url1):
     return make_events_gateway(url1)
 
 
-def counted(client: redis.Redis) -> dict[str, int]:
-    """Every per-item counter the processors wrote, summed over the buckets."""
+def counted(client: redis.Redis, items: range) -> dict[str, int]:
+    """The per-item counters the processors wrote for ``items``, summed over buckets."""
     total: dict[str, int] = {}
     for key in client.scan_iter(match=f"{Keys().prefix}ic:*"):
         for field, value in client.hgetall(key).items():
-            total[field.decode()] = total.get(field.decode(), 0) + int(value)
+            name = field.decode()
+            if int(name.split(":")[0]) in items:
+                total[name] = total.get(name, 0) + int(value)
     return total
 
 
+@pytest.mark.parametrize(
+    ("restart_as", "items"),
+    [
+        # the same name: it takes back its own pending entries first
+        (("crashy", "--batch", "64"), range(1000, 1013)),
+        # another name: it claims the dead one's entries once idle 200 ms
+        (("rescuer", "--batch", "64", "--claim-idle-ms", "200"), range(2000, 2013)),
+    ],
+    ids=["same-consumer", "other-consumer"],
+)
 def test_a_processor_killed_mid_stream_loses_nothing_and_applies_nothing_twice(
-    gateway1, processors, url1
+    gateway1, processors, url1, restart_as, items
 ):
     sent: dict[str, int] = {}
     for batch in range(40):
         events = [
-            {"user_id": f"k{n % 7}", "item_id": 1000 + (batch * 50 + n) % 13, "type": "impression"}
+            {"user_id": f"k{n % 7}", "item_id": items[(batch * 50 + n) % 13], "type": "impression"}
             for n in range(50)
         ]
         assert post_events(gateway1, events).status_code == 202
@@ -201,14 +216,16 @@ def test_a_processor_killed_mid_stream_loses_nothing_and_applies_nothing_twice(
             sent[key] = sent.get(key, 0) + 1
     client = redis.Redis.from_url(url1)
     first = processors(url1, "crashy", "--batch", "2")
-    wait_until(lambda: sum(counted(client).values()) >= 200, "200 events applied", timeout=30)
+    wait_until(
+        lambda: sum(counted(client, items).values()) >= 200, "200 events applied", timeout=30
+    )
     first.proc.send_signal(signal.SIGKILL)
     first.proc.wait(10)
-    applied = sum(counted(client).values())
+    applied = sum(counted(client, items).values())
     assert applied < 2000, "the processor finished before it was killed: not mid-stream"
 
-    again = processors(url1, "crashy", "--batch", "64")
-    wait_until(lambda: counted(client) == sent, "every event applied", timeout=60)
+    again = processors(url1, *restart_as)
+    wait_until(lambda: counted(client, items) == sent, "every event applied", timeout=60)
     wait_until(
         lambda: (
             processor_metric(again, "tenfold_events_backlog_seconds") == 0
@@ -217,7 +234,7 @@ def test_a_processor_killed_mid_stream_loses_nothing_and_applies_nothing_twice(
         "nothing pending",
         timeout=30,
     )
-    assert counted(client) == sent  # and not more
+    assert counted(client, items) == sent  # and not more
     client.close()
     again.stop()  # the next test wants the log to itself
 
