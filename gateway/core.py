@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -105,7 +105,10 @@ class GatewayCore:
         timeout_s: float | None = None,
         request_id: str | None = None,
         effect: str | None = None,
+        before_slot: Callable[[], Awaitable[object]] | None = None,
     ) -> AsyncIterator[Call]:
+        """Authenticate, then ``before_slot`` (the HTTP adapter reads the body there:
+        a slow upload holds no admission slot), then take a slot; yield the call."""
         start = self.clock()
         code = "200"
         call: Call | None = None
@@ -123,6 +126,8 @@ class GatewayCore:
             if timeout_s is not None:
                 budget = min(budget, timeout_s)
             call = Call(route, start + budget, tenant, request_id or uuid.uuid4().hex)
+            if before_slot is not None:
+                await before_slot()
             slot = AsyncExitStack()
             try:
                 await slot.enter_async_context(self.admission.slot())

@@ -32,6 +32,9 @@ from servicekit import kserve_grpc
 
 log = logging.getLogger("tenfold.gateway")
 HEALTH_INTERVAL_S = 1.0
+#: how long the rest of an unread body is read and dropped after an early answer
+#: (413, 408...) before the connection closes (aiohttp's default is 10 s)
+LINGERING_S = 2.0
 _SERVICES = (
     "tenfold.v1.Feed",
     "tenfold.v1.Effects",
@@ -81,7 +84,10 @@ class GatewayServer:
         reuse = s.workers > 1
         await self.core.upstream.start()
         self._runner = web.AppRunner(
-            create_app(self.core), access_log=None, shutdown_timeout=s.drain_timeout_s
+            create_app(self.core),
+            access_log=None,
+            shutdown_timeout=s.drain_timeout_s,
+            lingering_time=LINGERING_S,
         )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, s.port, reuse_port=reuse, backlog=2048)

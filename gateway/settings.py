@@ -142,6 +142,12 @@ class GatewaySettings(BaseSettings):
     max_image_pixels: int = Field(
         25_000_000, ge=1024, description="largest decoded image (width x height)"
     )
+    body_timeout_ms: float = Field(
+        10_000,
+        gt=0,
+        description="longest time to receive a request body (then 408); bodies are read "
+        "before an admission slot is taken, so slow uploads hold no slot",
+    )
     max_inflight: int = Field(256, ge=1, description="requests in flight per worker")
     max_queue: int = Field(128, ge=0, description="requests waiting for a slot per worker")
     queue_timeout_ms: float = Field(50, ge=0, description="longest wait for a slot")

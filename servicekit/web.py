@@ -14,6 +14,7 @@ from aiohttp import web
 from inference.protocol.errors import (
     InternalError,
     PayloadTooLarge,
+    RequestTimeout,
     TenfoldError,
     retry_after_seconds,
 )
@@ -28,6 +29,8 @@ def error_response(exc: TenfoldError) -> web.Response:
     seconds = retry_after_seconds(exc)
     if seconds is not None:
         response.headers["Retry-After"] = str(seconds)
+    if isinstance(exc, RequestTimeout):
+        response.force_close()  # the rest of the body is not coming: drop the connection
     return response
 
 

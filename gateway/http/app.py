@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from aiohttp import web
@@ -13,7 +14,12 @@ from gateway.events.schema import EventsBody
 from gateway.feed import FeedBody
 from gateway.http.openapi import document
 from gateway.upstream.passthrough import HttpRequest
-from inference.protocol.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from inference.protocol.errors import (
+    InvalidInput,
+    PayloadTooLarge,
+    RequestTimeout,
+    UnsupportedMediaType,
+)
 from inference.protocol.jsondoc import json_object
 from servicekit.validation import validation_message
 from servicekit.web import errors_middleware, json_response
@@ -42,12 +48,16 @@ def _timeout_s(request: web.Request) -> float | None:
 
 
 async def _body(request: web.Request) -> bytes:
+    """The whole body within ``body_timeout_ms`` (aiohttp keeps it: a second call
+    returns it at once)."""
+    settings = request.app[CORE].settings
     try:
-        return await request.read()
+        async with asyncio.timeout(settings.body_timeout_ms / 1000):
+            return await request.read()
+    except TimeoutError:
+        raise RequestTimeout(f"body: not received within {settings.body_timeout_ms:g} ms") from None
     except web.HTTPRequestEntityTooLarge:
-        raise PayloadTooLarge(
-            f"body: larger than {request.app[CORE].settings.max_body_bytes} bytes"
-        ) from None
+        raise PayloadTooLarge(f"body: larger than {settings.max_body_bytes} bytes") from None
 
 
 def _validate(model: type[BaseModel], raw: bytes) -> BaseModel:
@@ -58,14 +68,25 @@ def _validate(model: type[BaseModel], raw: bytes) -> BaseModel:
         raise InvalidInput(validation_message(exc, root="body")) from None
 
 
-def _admit(request: web.Request, route: str, effect: str | None = None):
+def _admit(request: web.Request, route: str, effect: str | None = None, before_slot=None):
     return _core(request).admit(
         route,
         key_from_headers(request.headers),
         _timeout_s(request),
         request.headers.get("x-request-id"),
         effect,
+        before_slot,
     )
+
+
+def _json_body(request: web.Request):
+    """What runs before the slot for a JSON route: the content type, then the body."""
+
+    async def read() -> bytes:
+        _json_type(request)
+        return await _body(request)
+
+    return read
 
 
 def _json_type(request: web.Request) -> None:
@@ -74,8 +95,7 @@ def _json_type(request: web.Request) -> None:
 
 
 async def feed(request: web.Request) -> web.Response:
-    async with _admit(request, "feed") as call:
-        _json_type(request)
+    async with _admit(request, "feed", before_slot=_json_body(request)) as call:
         body = _validate(FeedBody, await _body(request))
         answer = await _core(request).feed(body, call)
         response = web.Response(
@@ -89,8 +109,7 @@ async def feed(request: web.Request) -> web.Response:
 
 
 async def events(request: web.Request) -> web.Response:
-    async with _admit(request, "events") as call:
-        _json_type(request)
+    async with _admit(request, "events", before_slot=_json_body(request)) as call:
         body = _validate(EventsBody, await _body(request))
         answer = await _core(request).publish_events(body, call)
         return web.Response(
@@ -132,13 +151,17 @@ def _format(request: web.Request) -> str:
 
 async def apply_effect(request: web.Request) -> web.Response:
     name = request.match_info["effect"]
-    async with _admit(request, "effects", effect=name) as call:
-        core = _core(request)
+    core = _core(request)
+
+    async def read() -> bytes:
         core.effects.effect(name)  # unknown effect: 404 before reading the body
         if request.content_type not in IMAGE_TYPES:
             raise UnsupportedMediaType(
                 f"content-type: {request.content_type!r}; send image/jpeg or image/png"
             )
+        return await _body(request)
+
+    async with _admit(request, "effects", effect=name, before_slot=read) as call:
         data = await _body(request)
         rendered = await core.apply_effect(name, data, _size(request), _format(request), call)
         return web.Response(
@@ -151,7 +174,8 @@ async def apply_effect(request: web.Request) -> web.Response:
 def _pass_through(route_has_body: bool):
     async def handler(request: web.Request) -> web.Response:
         model = request.match_info["model"]
-        async with _admit(request, "infer") as call:
+        before = (lambda: _body(request)) if route_has_body else None
+        async with _admit(request, "infer", before_slot=before) as call:
             body = await _body(request) if route_has_body else b""
             headers = {
                 k: v

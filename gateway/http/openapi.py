@@ -27,6 +27,7 @@ def _errors(*codes: int) -> dict:
         401: "missing or unknown API key",
         403: "the key may not use this route",
         404: "unknown effect or model",
+        408: "the body did not arrive within body_timeout_ms (the connection closes)",
         413: "body or image too large",
         415: "unsupported content type",
         429: "shed by admission control or a rate limit (Retry-After)",
@@ -65,7 +66,7 @@ def _kserve_paths() -> dict:
                     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
                 },
             },
-            "responses": {"200": _KSERVE, **_errors(*_COMMON, 404, 413)},
+            "responses": {"200": _KSERVE, **_errors(*_COMMON, 404, 408, 413)},
         }
         get = {"parameters": params, "responses": {"200": _KSERVE, **_errors(*_COMMON, 404)}}
         paths[f"{prefix}/infer"] = {"post": infer}
@@ -136,7 +137,7 @@ def document() -> dict:
                 },
                 "responses": {
                     "200": _json({"$ref": _REF.format(model="FeedAnswer")}, "the page"),
-                    **_errors(*_COMMON, 413, 415),
+                    **_errors(*_COMMON, 408, 413, 415),
                 },
             }
         },
@@ -152,7 +153,7 @@ def document() -> dict:
                 },
                 "responses": {
                     "202": _json({"$ref": _REF.format(model="EventsAnswer")}, "stored"),
-                    **_errors(*_COMMON, 413, 415),
+                    **_errors(*_COMMON, 408, 413, 415),
                 },
             }
         },
@@ -207,7 +208,7 @@ def document() -> dict:
                             "image/png": {"schema": image},
                         },
                     },
-                    **_errors(*_COMMON, 404, 413, 415),
+                    **_errors(*_COMMON, 404, 408, 413, 415),
                 },
             }
         },

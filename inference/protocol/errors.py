@@ -46,6 +46,12 @@ class UnsupportedMediaType(InvalidInput):
     http_status = 415
 
 
+class RequestTimeout(InvalidInput):
+    """The client did not send its request body in time (408; the connection closes)."""
+
+    http_status = 408
+
+
 class ModelNotFound(TenfoldError):
     """Unknown model or version (404 / NOT_FOUND)."""
 

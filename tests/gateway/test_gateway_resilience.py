@@ -474,3 +474,38 @@ def test_sigterm_refuses_new_connections_and_drains_in_flight(quick_repo, gate):
     finally:
         gate.open()  # nothing stays held if the test failed half-way
         gw.stop()
+
+
+def test_slow_uploads_hold_no_admission_slot_and_get_408(make_gateway):
+    # guards docs/gateway.md (Bad input): "bodies are read before an admission slot is
+    # taken ... a body not received within body_timeout_ms gets 408"
+    gw = make_gateway(max_inflight=2, max_queue=0, body_timeout_ms=1500)
+    host, port = gw.http.split(":")
+    slow = []
+    for _ in range(12):  # six times the slots: each would hold one while it trickles
+        conn = socket.create_connection((host, int(port)), timeout=10)
+        conn.sendall(
+            b"POST /v1/feed HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+            b'content-length: 1000\r\n\r\n{"user_id": '
+        )
+        slow.append(conn)
+    try:
+        for user in range(10):  # normal requests meanwhile: every one served
+            answer = requests.post(
+                f"http://{gw.http}/v1/feed", json={"user_id": user, "count": 3}, timeout=10
+            )
+            assert answer.status_code == 200, answer.text
+        for conn in slow:  # and each slow upload is answered 408 and closed
+            reply = b""
+            while chunk := conn.recv(4096):
+                reply += chunk
+            head = reply.decode("latin-1")
+            assert head.startswith("HTTP/1.1 408"), head[:200]
+            assert "Connection: close" in head and "body_timeout_ms" not in head
+            assert "not received within 1500 ms" in head
+    finally:
+        for conn in slow:
+            conn.close()
+    text = scrape(gw.http)
+    assert metric_total(text, "tenfold_gateway_requests_total", route="feed", code="408") == 12
+    assert metric_total(text, "tenfold_gateway_shed_total", route="feed") == 0
