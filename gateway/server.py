@@ -88,6 +88,9 @@ class GatewayServer:
             access_log=None,
             shutdown_timeout=s.drain_timeout_s,
             lingering_time=LINGERING_S,
+            # request bodies are never inflated (a gzip bomb would stall the loop):
+            # a compressed body is answered 415 (gateway/http/app.py)
+            auto_decompress=False,
         )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, s.port, reuse_port=reuse, backlog=2048)

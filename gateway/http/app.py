@@ -28,6 +28,8 @@ log = logging.getLogger("tenfold.gateway.http")
 CORE = web.AppKey("core", GatewayCore)
 TIMEOUT_HEADER = "x-request-timeout-ms"
 IMAGE_TYPES = ("image/jpeg", "image/png")
+#: request headers the KServe pass-through forwards to the pod
+_FORWARDED = ("content-type", "content-encoding", "inference-header-content-length")
 
 
 def _core(request: web.Request) -> GatewayCore:
@@ -47,10 +49,15 @@ def _timeout_s(request: web.Request) -> float | None:
     return value / 1000
 
 
-async def _body(request: web.Request) -> bytes:
+async def _body(request: web.Request, compressed: bool = False) -> bytes:
     """The whole body within ``body_timeout_ms`` (aiohttp keeps it: a second call
-    returns it at once)."""
+    returns it at once), as sent: the server does not inflate (``auto_decompress=False``),
+    so a small gzip bomb costs nothing. A compressed body is refused unless
+    ``compressed`` (the KServe pass-through forwards it, encoding and all, to the pod)."""
     settings = request.app[CORE].settings
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if not compressed and encoding not in ("", "identity"):
+        raise UnsupportedMediaType(f"content-encoding: {encoding!r}; send the body uncompressed")
     try:
         async with asyncio.timeout(settings.body_timeout_ms / 1000):
             return await request.read()
@@ -174,14 +181,10 @@ async def apply_effect(request: web.Request) -> web.Response:
 def _pass_through(route_has_body: bool):
     async def handler(request: web.Request) -> web.Response:
         model = request.match_info["model"]
-        before = (lambda: _body(request)) if route_has_body else None
+        before = (lambda: _body(request, compressed=True)) if route_has_body else None
         async with _admit(request, "infer", before_slot=before) as call:
-            body = await _body(request) if route_has_body else b""
-            headers = {
-                k: v
-                for k, v in request.headers.items()
-                if k.lower() in ("content-type", "inference-header-content-length")
-            }
+            body = await _body(request, compressed=True) if route_has_body else b""
+            headers = {k: v for k, v in request.headers.items() if k.lower() in _FORWARDED}
             upstream = HttpRequest(request.method, request.path_qs, body, headers)
             status, kept, data = await _core(request).http_passthrough(model, upstream, call)
             return web.Response(body=data, status=status, headers=kept)

@@ -13,14 +13,17 @@ import shutil
 import signal
 import socket
 import tempfile
+import zlib
 from pathlib import Path
 
 import aiohttp
 import grpc
 import numpy as np
 import onnx
+import psutil
 import pytest
 import requests
+import tritonclient.http as thttp
 from onnx import helper, numpy_helper
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -509,3 +512,45 @@ def test_slow_uploads_hold_no_admission_slot_and_get_408(make_gateway):
     text = scrape(gw.http)
     assert metric_total(text, "tenfold_gateway_requests_total", route="feed", code="408") == 12
     assert metric_total(text, "tenfold_gateway_shed_total", route="feed") == 0
+
+
+def gzip_bomb(inflated_mib: int) -> bytes:
+    """A gzip body that inflates to ``inflated_mib`` MiB of zeros (about 1/1000 of it)."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # wbits 31: the gzip container
+    chunk = bytes(1 << 20)
+    return b"".join(packer.compress(chunk) for _ in range(inflated_mib)) + packer.flush()
+
+
+def test_a_gzip_bomb_is_refused_without_inflating_it(gateway):
+    # guards docs/gateway.md (Bad input): "a compressed body is refused (415) without
+    # being inflated"
+    bomb = gzip_bomb(1024)  # 1 GiB inflated
+    assert len(bomb) < 2 << 20
+    server = psutil.Process(gateway.pid)
+    before = sum(server.cpu_times()[:2])
+    answer = requests.post(
+        f"http://{gateway.http}/v1/feed",
+        data=bomb,
+        headers={"content-type": "application/json", "content-encoding": "gzip"},
+        timeout=30,
+    )
+    assert answer.status_code == 415 and "content-encoding" in answer.json()["error"]
+    # inflating 1 GiB costs seconds of CPU; refusing it, milliseconds
+    assert sum(server.cpu_times()[:2]) - before < 0.5
+    assert requests.get(f"http://{gateway.http}/healthz", timeout=5).status_code == 200
+
+
+def test_a_compressed_kserve_body_is_passed_through_to_the_pod(gateway):
+    client = thttp.InferenceServerClient(gateway.http)
+    metadata = client.get_model_metadata("feed_ranker")
+    inputs = []
+    for spec in metadata["inputs"]:
+        shape = [2, *(abs(d) for d in spec["shape"][1:])]
+        tensor = thttp.InferInput(spec["name"], shape, spec["datatype"])
+        tensor.set_data_from_numpy(np.ones(shape, dtype=np.int64), binary_data=False)
+        inputs.append(tensor)
+    name = metadata["outputs"][0]["name"]
+    plain = client.infer("feed_ranker", inputs).as_numpy(name)
+    packed = client.infer("feed_ranker", inputs, request_compression_algorithm="gzip")
+    np.testing.assert_array_equal(packed.as_numpy(name), plain)
+    client.close()
