@@ -23,6 +23,7 @@ from gateway.events.schema import (
     EventsAnswer,
     EventsBody,
     check_batch,
+    checked_user,
     user_key,
 )
 from gateway.events.store import EventStore
@@ -32,12 +33,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
 from gateway.upstream import Upstream
 from gateway.upstream.passthrough import HttpRequest
-from inference.protocol.errors import (
-    InvalidInput,
-    ServerUnavailable,
-    TenfoldError,
-    TooManyRequests,
-)
+from inference.protocol.errors import ServerUnavailable, TenfoldError, TooManyRequests
 
 
 @dataclass
@@ -183,7 +179,7 @@ class GatewayCore:
         except ServerUnavailable:
             self.metrics.state_reads.labels("degraded").inc()
             return body, source, "degraded"
-        items = len(self.feed_pipeline.assets.embeddings)
+        items = self.event_limits.items  # the catalogue size (the feed is configured)
         update = {}
         history = [i for i in stored.history if 0 <= i < items]
         if not body.history and history:
@@ -213,10 +209,7 @@ class GatewayCore:
     async def erase_user(self, user_id: str, call: Call) -> str:
         """Delete a user's state (history, seen items); the log id of the erasure."""
         store = self._event_store()
-        user = user_key(user_id)
-        if not user or len(user) > MAX_USER_ID:
-            raise InvalidInput(f"user_id: must be 1 to {MAX_USER_ID} characters")
-        return await store.erase(user, call.deadline - self.clock())
+        return await store.erase(checked_user(user_id, "user_id"), call.deadline - self.clock())
 
     async def apply_effect(
         self, effect: str, data: bytes, size: int | None, fmt: str, call: Call

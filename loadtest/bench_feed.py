@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -43,7 +42,7 @@ from loadtest.bench_peers import ladder, publish, setup
 from loadtest.runner import RunPlan, run
 from loadtest.scenarios import ScenarioSpec
 from loadtest.targets import LoadTestError, Target
-from servicekit.launcher import launch
+from servicekit.launcher import free_port, launch
 
 
 @dataclass(frozen=True)
@@ -60,12 +59,6 @@ class FeedBenchPlan:
 
     def ladder(self) -> tuple[float, ...]:
         return ladder(self.start_rate, self.factor, self.top_rate)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_ready(url: str, proc: subprocess.Popen, timeout_s: float = 300.0) -> None:
@@ -85,7 +78,7 @@ def _wait_ready(url: str, proc: subprocess.Popen, timeout_s: float = 300.0) -> N
 @contextmanager
 def make_run_stack(repo: Path, workers: int) -> Iterator[tuple[str, list[int]]]:
     """``tenfold up`` (what ``make run`` runs), on free loopback ports."""
-    http, grpc = _free_port(), _free_port()
+    http, grpc = free_port(), free_port()
     args = [sys.executable, "-m", "tenfold", "up", "--repository", str(repo)]
     args += ["--port", str(http), "--grpc-port", str(grpc), "--workers", str(workers)]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

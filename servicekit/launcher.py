@@ -11,6 +11,7 @@ import os
 import queue
 import re
 import shutil
+import socket
 import subprocess
 import tempfile
 import threading
@@ -139,6 +140,14 @@ class ServiceProcess:
         finally:
             if self.ready_file is not None:
                 shutil.rmtree(self.ready_file.parent, ignore_errors=True)
+
+
+def free_port() -> int:
+    """A loopback port free now, for a child that must be told its port (another
+    process may take it before the child binds it: only for loopback tools and tests)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _pump(stream, lines: queue.Queue) -> None:

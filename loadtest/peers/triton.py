@@ -12,7 +12,6 @@ interpreter's own shared library must be on ``LD_LIBRARY_PATH``.
 from __future__ import annotations
 
 import shutil
-import socket
 import sysconfig
 import time
 import urllib.request
@@ -23,7 +22,7 @@ from google.protobuf import text_format
 from inference.repository.model import THREADS_PARAMETER
 from loadtest.peers import served_model, threads
 from protos.kserve.v2 import model_config_pb2
-from servicekit.launcher import ServiceProcess, spawn
+from servicekit.launcher import ServiceProcess, free_port, spawn
 
 HERE = Path(__file__).parent
 
@@ -57,12 +56,6 @@ def model_repository(source: Path, models: list[str], out: Path) -> Path:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def start(venv: Path, repository: Path, work: Path) -> ServiceProcess:
     """Start tritonserver on loopback ports; returns when its models are ready."""
     site = site_packages(venv)
@@ -79,7 +72,7 @@ def start(venv: Path, repository: Path, work: Path) -> ServiceProcess:
         str(site / "nvidia_pytriton.libs"),
         sysconfig.get_config_var("LIBDIR"),
     ]
-    ports = {"http": _free_port(), "grpc": _free_port(), "metrics": _free_port()}
+    ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
     cmd = [
         str(dist / "bin" / "tritonserver"),
         f"--model-repository={repository}",

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import io
 import signal
-import socket
 import threading
 import time
 from concurrent import futures
@@ -27,13 +26,6 @@ def jpeg(width: int = 64, height: int = 64) -> bytes:
     pixels = np.random.default_rng(1).integers(0, 255, (height, width, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(out, format="JPEG")
     return out.getvalue()
-
-
-def free_port() -> int:
-    """A loopback port free now (for a server that must be told its port)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until(condition, what: str, timeout: float = 60.0, every: float = 0.05):

@@ -47,9 +47,9 @@ from protos.kserve.v2 import grpc_service_pb2 as kpb
 from protos.tenfold.v1 import gateway_pb2 as pb
 from protos.tenfold.v1 import gateway_pb2_grpc as pb_grpc
 from servicekit import kserve_grpc
+from servicekit.launcher import free_port
 from servicekit.ready import read_ready
 from tests.gateway.conftest import (
-    free_port,
     jpeg,
     metric_total,
     pod_inferences,

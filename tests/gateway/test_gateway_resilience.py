@@ -33,7 +33,8 @@ from gateway.launch import gateway_config, start_gateway
 from inference.launch import start_pod
 from protos.tenfold.v1 import gateway_pb2 as pb
 from protos.tenfold.v1 import gateway_pb2_grpc as pb_grpc
-from tests.gateway.conftest import free_port, jpeg, metric_total, pod_metrics, scrape, wait_until
+from servicekit.launcher import free_port
+from tests.gateway.conftest import jpeg, metric_total, pod_metrics, scrape, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 

@@ -12,8 +12,7 @@ import requests
 import yaml
 
 from mesh.envoy import EnvoyProcess
-from servicekit.launcher import launch, spawn
-from tests.gateway.conftest import free_port
+from servicekit.launcher import free_port, launch, spawn
 from tests.mesh.test_envoy import mesh_file
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
