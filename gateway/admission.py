@@ -13,6 +13,7 @@ import collections
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from gateway.concurrency import GradientLimit
 from inference.protocol.errors import TooManyRequests
 
 
@@ -30,13 +31,14 @@ class Admission:
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
-        await self._acquire()
+        await self.acquire()
         try:
             yield
         finally:
-            self._release()
+            self.release()
 
-    async def _acquire(self) -> None:
+    async def acquire(self) -> None:
+        """A slot, after a wait of at most ``queue_timeout_s``; else TooManyRequests."""
         if self.inflight < self.max_inflight and not self._waiters:
             self.inflight += 1
             return
@@ -53,17 +55,48 @@ class Admission:
             raise TooManyRequests("gateway overloaded: no slot within the queue timeout") from None
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
-                self._release()
+                self.release()
             waiter.cancel()
             raise
         finally:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
 
-    def _release(self) -> None:
-        while self._waiters:
+    def release(self) -> None:
+        # max_inflight may have been lowered (an adaptive limit): hand over only within it
+        while self._waiters and self.inflight <= self.max_inflight:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)  # the slot passes to the waiter: inflight unchanged
                 return
         self.inflight -= 1
+
+
+class AdaptiveAdmission:
+    """A route's admission under its adaptive limit (``gateway.concurrency``): at most
+    ``limit`` in flight; the next request is refused at once (no queue: under overload
+    a queue only adds its wait to every answer, shed or served)."""
+
+    def __init__(self, limit: GradientLimit) -> None:
+        self.limit = limit
+        self.admission = Admission(limit.limit, 0, 0.0)
+
+    @property
+    def inflight(self) -> int:
+        return self.admission.inflight
+
+    def _apply(self) -> None:
+        self.admission.max_inflight = self.limit.limit
+
+    async def acquire(self, now: float) -> int:
+        """A place (the controller's epoch, for ``release``), or TooManyRequests."""
+        self.limit.advance(now)
+        self._apply()
+        epoch = self.limit.epoch
+        await self.admission.acquire()
+        return epoch
+
+    def release(self, epoch: int, latency_s: float | None, now: float) -> None:
+        self.limit.observe(epoch, latency_s, now)
+        self._apply()
+        self.admission.release()

@@ -14,8 +14,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 
-from gateway.admission import Admission
+from gateway.admission import AdaptiveAdmission, Admission
 from gateway.auth import Authenticator, Tenant
+from gateway.concurrency import GradientLimit
 from gateway.effects import EffectsPipeline, Rendered
 from gateway.events.schema import (
     MAX_USER_ID,
@@ -33,7 +34,12 @@ from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
 from gateway.upstream import Upstream
 from gateway.upstream.passthrough import HttpRequest
-from inference.protocol.errors import ServerUnavailable, TenfoldError, TooManyRequests
+from inference.protocol.errors import (
+    DeadlineExceeded,
+    ServerUnavailable,
+    TenfoldError,
+    TooManyRequests,
+)
 
 
 @dataclass
@@ -78,6 +84,8 @@ class GatewayCore:
         s = deps.settings
         self.admission = Admission(s.max_inflight, s.max_queue, s.queue_timeout_ms / 1000)
         self.draining = False
+        #: one adaptive concurrency limit per route (gateway/concurrency.py)
+        self._limits: dict[str, AdaptiveAdmission] = {}
         self._defaults = {
             "feed": s.feed.deadline_ms / 1000,
             "infer": s.infer_deadline_ms / 1000,
@@ -93,6 +101,17 @@ class GatewayCore:
             return self.settings.effects[effect].deadline_ms / 1000
         return self._defaults.get(route, 5.0)
 
+    def limit(self, route: str) -> AdaptiveAdmission | None:
+        """The route's admission under its adaptive concurrency limit (None: off)."""
+        settings = self.settings.concurrency
+        if not settings.enabled:
+            return None
+        limit = self._limits.get(route)
+        if limit is None:
+            limit = AdaptiveAdmission(GradientLimit(settings, self.clock()))
+            self._limits[route] = limit
+        return limit
+
     @asynccontextmanager
     async def admit(
         self,
@@ -104,10 +123,12 @@ class GatewayCore:
         before_slot: Callable[[], Awaitable[object]] | None = None,
     ) -> AsyncIterator[Call]:
         """Authenticate, then ``before_slot`` (the HTTP adapter reads the body there:
-        a slow upload holds no admission slot), then take a slot; yield the call."""
+        a slow upload holds no admission slot), then a place under the route's
+        concurrency limit and an admission slot; yield the call."""
         start = self.clock()
         code = "200"
         call: Call | None = None
+        limit, epoch, began = None, None, start
         self.metrics.arrivals.labels(route).inc()
         self.metrics.inflight.labels(route).inc()
         try:
@@ -124,6 +145,17 @@ class GatewayCore:
             call = Call(route, start + budget, tenant, request_id or uuid.uuid4().hex)
             if before_slot is not None:
                 await before_slot()
+            limit = self.limit(route)
+            if limit is not None:
+                try:
+                    epoch = await limit.acquire(self.clock())
+                except TooManyRequests:
+                    self.metrics.shed.labels(route, "concurrency").inc()
+                    raise TooManyRequests(
+                        f"{route}: at its adaptive concurrency limit "
+                        f"({limit.limit.limit} in flight); retry later"
+                    ) from None
+                began = self.clock()
             slot = AsyncExitStack()
             try:
                 await slot.enter_async_context(self.admission.slot())
@@ -139,12 +171,26 @@ class GatewayCore:
             code = "500"
             raise
         finally:
+            if epoch is not None:
+                self._release(route, limit, epoch, began, code)
             self.metrics.inflight.labels(route).dec()
             arm = call.arm if call else ""
             if call is not None and call.status is not None and code == "200":
                 code = str(call.status)  # a pass-through answer: the endpoint's status
             self.metrics.requests.labels(route, code, arm).inc()
             self.metrics.latency.labels(route).observe(self.clock() - start)
+
+    def _release(
+        self, route: str, limit: AdaptiveAdmission, epoch: int, began: float, code: str
+    ) -> None:
+        """Hand the place back; answers and deadline misses are latency samples
+        (client errors and sheds say nothing about the route's latency)."""
+        now = self.clock()
+        sample = code == "200" or code == str(DeadlineExceeded.http_status)
+        limit.release(epoch, now - began if sample else None, now)
+        self.metrics.concurrency_limit.labels(route).set(limit.limit.limit)
+        if limit.limit.min_rtt_s is not None:
+            self.metrics.concurrency_min_rtt.labels(route).set(limit.limit.min_rtt_s)
 
     # -- routes -------------------------------------------------------------------------
     async def feed(self, body: FeedBody, call: Call) -> FeedAnswer:

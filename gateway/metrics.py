@@ -53,9 +53,24 @@ class GatewayMetrics:
         )
         self.shed = Counter(
             "tenfold_gateway_shed",
-            "Requests refused at the front door, by reason (admission, rate_limit).",
+            "Requests refused at the front door, by reason (concurrency: over the route's "
+            "adaptive limit; admission: over max_inflight; rate_limit: the tenant's).",
             ("route", "reason"),
             registry=r,
+        )
+        self.concurrency_limit = Gauge(
+            "tenfold_gateway_concurrency_limit",
+            "The adaptive concurrency limit of a route (summed over workers).",
+            ("route",),
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.concurrency_min_rtt = Gauge(
+            "tenfold_gateway_concurrency_min_rtt_seconds",
+            "The latency floor the route's adaptive limit compares with (last measured).",
+            ("route",),
+            registry=r,
+            multiprocess_mode="max",
         )
         self.retries = Counter(
             "tenfold_gateway_upstream_retries",

@@ -11,6 +11,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gateway.concurrency import GradientSettings
 from gateway.events.settings import EventsSettings
 
 ROUTES = ("feed", "effects", "infer", "events")
@@ -147,6 +148,11 @@ class GatewaySettings(BaseSettings):
         gt=0,
         description="longest time to receive a request body (then 408); bodies are read "
         "before an admission slot is taken, so slow uploads hold no slot",
+    )
+    concurrency: GradientSettings = Field(
+        default_factory=GradientSettings,
+        description="adaptive concurrency limit per route: requests over it are refused "
+        "at once (429) instead of queueing into a 504 (gateway/concurrency.py)",
     )
     max_inflight: int = Field(256, ge=1, description="requests in flight per worker")
     max_queue: int = Field(128, ge=0, description="requests waiting for a slot per worker")

@@ -17,6 +17,8 @@ PERCENTILES = (50, 90, 99, 99.9)
 TIMEOUT = "timeout"
 #: a request not sent because the client already had too many outstanding
 CLIENT_OVERFLOW = "client_overflow"
+#: answers that shed load (refused before work, with Retry-After): HTTP and gRPC
+SHED = frozenset({"429", "503", "RESOURCE_EXHAUSTED", "UNAVAILABLE"})
 
 
 def new_histogram() -> HdrHistogram:
@@ -26,6 +28,13 @@ def new_histogram() -> HdrHistogram:
 def is_ok(status: str) -> bool:
     """HTTP 2xx or gRPC OK."""
     return status == "OK" or (len(status) == 3 and status.startswith("2") and status.isdigit())
+
+
+def outcome(status: str) -> str:
+    """ok, shed (refused with Retry-After: overload answered early) or error."""
+    if is_ok(status):
+        return "ok"
+    return "shed" if status in SHED else "error"
 
 
 def percentile_ms(histogram: HdrHistogram, p: float) -> float:
@@ -53,10 +62,17 @@ class Interval:
 
     histogram: HdrHistogram = field(default_factory=new_histogram)
     statuses: Counter = field(default_factory=Counter)
+    #: the same latencies split by ``outcome`` (ok, shed, error)
+    outcomes: dict[str, HdrHistogram] = field(default_factory=dict)
 
     def record(self, status: str, latency_s: float) -> None:
         self.statuses[status] += 1
-        self.histogram.record_value(min(HIGHEST_US, max(LOWEST_US, int(latency_s * 1e6))))
+        value = min(HIGHEST_US, max(LOWEST_US, int(latency_s * 1e6)))
+        self.histogram.record_value(value)
+        kind = outcome(status)
+        if kind not in self.outcomes:
+            self.outcomes[kind] = new_histogram()
+        self.outcomes[kind].record_value(value)
 
     @property
     def completed(self) -> int:
@@ -73,6 +89,10 @@ class Interval:
     def add(self, other: Interval) -> None:
         self.histogram.add(other.histogram)
         self.statuses.update(other.statuses)
+        for kind, histogram in other.outcomes.items():
+            if kind not in self.outcomes:
+                self.outcomes[kind] = new_histogram()
+            self.outcomes[kind].add(histogram)
 
     def percentile_ms(self, p: float) -> float:
         return percentile_ms(self.histogram, p)
@@ -81,14 +101,27 @@ class Interval:
         return max_ms(self.histogram)
 
     def to_wire(self) -> dict:
-        return {"histogram": encode(self.histogram), "statuses": dict(self.statuses)}
+        return {
+            "histogram": encode(self.histogram),
+            "statuses": dict(self.statuses),
+            "outcomes": {k: encode(h) for k, h in self.outcomes.items()},
+        }
 
     @classmethod
     def from_wire(cls, data: dict) -> Interval:
-        return cls(decode(data["histogram"]), Counter(data["statuses"]))
+        outcomes = {k: decode(h) for k, h in data.get("outcomes", {}).items()}
+        return cls(decode(data["histogram"]), Counter(data["statuses"]), outcomes)
 
     def latency_summary(self) -> dict[str, float]:
-        out = {f"p{p:g}_ms": round(self.percentile_ms(p), 3) for p in PERCENTILES}
-        out["max_ms"] = round(self.max_ms(), 3)
-        out["mean_ms"] = round(self.histogram.get_mean_value() / 1000, 3)
-        return out
+        return summary(self.histogram)
+
+    def outcome_summaries(self) -> dict[str, dict[str, float]]:
+        """Latency of the ok answers, of the shed ones and of the errors, apart."""
+        return {k: summary(h) for k, h in sorted(self.outcomes.items())}
+
+
+def summary(histogram: HdrHistogram) -> dict[str, float]:
+    out = {f"p{p:g}_ms": round(percentile_ms(histogram, p), 3) for p in PERCENTILES}
+    out["max_ms"] = round(max_ms(histogram), 3)
+    out["mean_ms"] = round(histogram.get_mean_value() / 1000, 3)
+    return out

@@ -35,6 +35,7 @@ def step_dict(step: StepResult, plan: RunPlan) -> dict:
         "errors": step.total.errors,
         "statuses": dict(sorted(step.total.statuses.items())),
         "latency_ms": step.total.latency_summary(),
+        "latency_by_outcome_ms": step.total.outcome_summaries(),
         "start_lag_ms": {
             "p99": round(percentile_ms(step.start_lag, 99), 3),
             "max": round(max_ms(step.start_lag), 3),
