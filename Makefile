@@ -8,7 +8,7 @@ REPO ?= var/model-repository
 PYTEST_ARGS ?=
 PODS ?= 1
 
-.PHONY: prometheus bench-feed bench-effects bench-events bench-mesh install run test test-stress lint protos bench-pod bench-gateway bench-peers triton-venv clean
+.PHONY: prometheus bench-overload bench-feed bench-effects bench-events bench-mesh install run test test-stress lint protos bench-pod bench-gateway bench-peers triton-venv clean
 
 $(STAMP): pyproject.toml setup.py $(wildcard protos/*/*/*.proto protos/*/*.proto)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -76,6 +76,10 @@ bench-feed: $(STAMP) $(REPO)/.optimized
 # server, per-stage table (docs/benchmarks.md)
 bench-effects: $(STAMP) $(REPO)/.optimized
 	$(TENFOLD) loadtest bench effects --repository $(REPO) --out docs/results/bench_effects.json
+
+# overload: the feed at 1x/1.5x/3x capacity, with the adaptive concurrency limit and without
+bench-overload: $(STAMP) $(REPO)/.optimized
+	$(TENFOLD) loadtest bench overload --repository $(REPO) --out docs/results/bench_overload.json
 
 # feedback events: ingestion, the stream processor, lag to the state, feed with/without it
 bench-events: $(STAMP) $(REPO)/.optimized

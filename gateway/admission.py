@@ -62,6 +62,14 @@ class Admission:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
 
+    def wake(self) -> None:
+        """Hand free slots to waiters (after ``max_inflight`` was raised)."""
+        while self._waiters and self.inflight < self.max_inflight:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.inflight += 1
+                waiter.set_result(None)
+
     def release(self) -> None:
         # max_inflight may have been lowered (an adaptive limit): hand over only within it
         while self._waiters and self.inflight <= self.max_inflight:
@@ -74,12 +82,16 @@ class Admission:
 
 class AdaptiveAdmission:
     """A route's admission under its adaptive limit (``gateway.concurrency``): at most
-    ``limit`` in flight; the next request is refused at once (no queue: under overload
-    a queue only adds its wait to every answer, shed or served)."""
+    ``limit`` in flight, the next request refused at once (a queue under overload only
+    adds its wait to every answer, shed or served). While the floor is measured (the
+    limit pinned to its minimum: at start, and for a moment every minute or so) up to
+    ``max_queue`` requests wait up to ``queue_timeout_s`` instead, so clients arriving
+    with a fresh gateway are not refused."""
 
-    def __init__(self, limit: GradientLimit) -> None:
+    def __init__(self, limit: GradientLimit, max_queue: int, queue_timeout_s: float) -> None:
         self.limit = limit
-        self.admission = Admission(limit.limit, 0, 0.0)
+        self.max_queue = max_queue
+        self.admission = Admission(limit.limit, max_queue, queue_timeout_s)
 
     @property
     def inflight(self) -> int:
@@ -87,14 +99,15 @@ class AdaptiveAdmission:
 
     def _apply(self) -> None:
         self.admission.max_inflight = self.limit.limit
+        self.admission.max_queue = self.max_queue if self.limit.measuring else 0
+        self.admission.wake()
 
     async def acquire(self, now: float) -> int:
         """A place (the controller's epoch, for ``release``), or TooManyRequests."""
         self.limit.advance(now)
         self._apply()
-        epoch = self.limit.epoch
         await self.admission.acquire()
-        return epoch
+        return self.limit.epoch
 
     def release(self, epoch: int, latency_s: float | None, now: float) -> None:
         self.limit.observe(epoch, latency_s, now)

@@ -108,7 +108,11 @@ class GatewayCore:
             return None
         limit = self._limits.get(route)
         if limit is None:
-            limit = AdaptiveAdmission(GradientLimit(settings, self.clock()))
+            limit = AdaptiveAdmission(
+                GradientLimit(settings, self.clock()),
+                settings.initial_limit,
+                self.settings.queue_timeout_ms / 1000,
+            )
             self._limits[route] = limit
         return limit
 

@@ -1,21 +1,40 @@
 """The effects pipeline: decode (off the loop) with size guards, fit to the model's
-square size, infer through the effect's pool, encode (off the loop)."""
+square size, infer through the effect's pool, encode (off the loop).
+
+Decoding is bounded three ways: the header's size against ``max_image_pixels`` (413
+before any pixel is decoded); the pixels actually decoded against ``DECODE_FACTOR``
+times the output's (a JPEG decodes at a reduced DCT scale first, so a phone photo
+still fits; a huge PNG does not); and the request's deadline around the decode, which
+runs in the pipeline's own small pool of threads (``image_threads``: at most that many
+images are in memory at once)."""
 
 from __future__ import annotations
 
 import asyncio
 import io
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from gateway.settings import EffectSettings
 from gateway.upstream import ModelClient
-from inference.protocol.errors import InvalidInput, NotFound, PayloadTooLarge
+from inference.protocol.errors import (
+    DeadlineExceeded,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    TenfoldError,
+)
 
 FORMATS = {"jpeg": "image/jpeg", "png": "image/png"}
 _PIL_FORMATS = {"JPEG", "PNG"}
+#: at most this many times the output's pixels are decoded (10x per side: a 2560x2560
+#: PNG for a 256 result; a JPEG is first reduced by its DCT scale, 1/2 to 1/8)
+DECODE_FACTOR = 100
 
 
 @dataclass(frozen=True)
@@ -46,9 +65,21 @@ def decode(data: bytes, max_pixels: int, size: int, draft: bool = True) -> np.nd
             )
         if draft and image.format == "JPEG":
             image.draft("RGB", (size, size))  # both sides stay >= size
+        decoded = image.size[0] * image.size[1]
+        if decoded > DECODE_FACTOR * size * size:
+            raise PayloadTooLarge(
+                f"body: a {width}x{height} {image.format} decodes {decoded} pixels, over "
+                f"{DECODE_FACTOR}x the {size}x{size} result; send a smaller image or a JPEG"
+            )
         image = ImageOps.exif_transpose(image.convert("RGB"))
         fitted = ImageOps.fit(image, (size, size), Image.Resampling.BILINEAR)
-    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:  # PIL's own cap, past ours: too large
+        raise PayloadTooLarge(f"body: image too large ({exc})") from None
+    except TenfoldError:
+        raise
+    except (MemoryError, RecursionError):
+        raise
+    except Exception as exc:  # whatever the decoder says of these bytes is the input's fault
         raise InvalidInput(f"body: not a decodable JPEG or PNG image ({exc})") from None
     array = np.asarray(fitted, dtype=np.float32) / 255.0
     return np.ascontiguousarray(array.transpose(2, 0, 1)[None])
@@ -67,11 +98,22 @@ def encode(chw: np.ndarray, fmt: str) -> Rendered:
 
 class EffectsPipeline:
     def __init__(
-        self, effects: dict[str, EffectSettings], models: ModelClient, max_pixels: int
+        self,
+        effects: dict[str, EffectSettings],
+        models: ModelClient,
+        max_pixels: int,
+        threads: int = 2,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.effects = effects
         self.models = models
         self.max_pixels = max_pixels
+        self.clock = clock  # the deadlines' clock
+        #: decode and encode: at most ``threads`` images in memory at once
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="tenfold-image")
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
     def listing(self) -> list[dict]:
         return [{"name": n, "sizes": list(e.sizes)} for n, e in sorted(self.effects.items())]
@@ -103,7 +145,12 @@ class EffectsPipeline:
         if fmt not in FORMATS:
             raise InvalidInput(f"output format: {fmt!r} is not one of {sorted(FORMATS)}")
         loop = asyncio.get_running_loop()
-        image = await loop.run_in_executor(None, decode, data, self.max_pixels, side)
+        decoding = loop.run_in_executor(self.pool, decode, data, self.max_pixels, side)
+        remaining = deadline - self.clock()
+        try:
+            image = await asyncio.wait_for(decoding, max(0.0, remaining))
+        except TimeoutError:
+            raise DeadlineExceeded(f"deadline exceeded while decoding the image ({name})") from None
         out, _ = await self.models.infer(effect.model, {"image": image}, deadline, "", request_id)
         stylized = next(iter(out.values()))[0]
-        return await loop.run_in_executor(None, encode, stylized, fmt)
+        return await loop.run_in_executor(self.pool, encode, stylized, fmt)

@@ -58,7 +58,10 @@ def build_core(settings: GatewaySettings, metrics: GatewayMetrics | None = None)
         assets = FeedAssets.load(settings.feed.assets_dir)
         feed = FeedPipeline(settings.feed, assets, upstream.client(settings.feed_pool))
     effects = EffectsPipeline(
-        settings.effects, upstream.client(settings.effects_pool), settings.max_image_pixels
+        settings.effects,
+        upstream.client(settings.effects_pool),
+        settings.max_image_pixels,
+        settings.image_threads,
     )
     events = EventStore(settings.events) if settings.events.redis_url else None
     return GatewayCore(CoreDeps(settings, upstream, feed, effects, metrics, events))
@@ -178,5 +181,6 @@ class GatewayServer:
         if self._runner is not None:
             await self._runner.cleanup()
         await self.core.upstream.close()
+        self.core.effects.close()
         if self.core.events is not None:
             await self.core.events.close()

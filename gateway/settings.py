@@ -143,6 +143,12 @@ class GatewaySettings(BaseSettings):
     max_image_pixels: int = Field(
         25_000_000, ge=1024, description="largest decoded image (width x height)"
     )
+    image_threads: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="threads decoding and encoding images: at most this many are in memory",
+    )
     body_timeout_ms: float = Field(
         10_000,
         gt=0,

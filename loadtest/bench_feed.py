@@ -76,12 +76,20 @@ def _wait_ready(url: str, proc: subprocess.Popen, timeout_s: float = 300.0) -> N
 
 
 @contextmanager
-def make_run_stack(repo: Path, workers: int) -> Iterator[tuple[str, list[int]]]:
-    """``tenfold up`` (what ``make run`` runs), on free loopback ports."""
+def make_run_stack(
+    repo: Path, workers: int, env: dict[str, str] | None = None
+) -> Iterator[tuple[str, list[int]]]:
+    """``tenfold up`` (what ``make run`` runs), on free loopback ports; ``env`` adds to
+    its environment (e.g. a gateway setting)."""
     http, grpc = free_port(), free_port()
     args = [sys.executable, "-m", "tenfold", "up", "--repository", str(repo)]
     args += ["--port", str(http), "--grpc-port", str(grpc), "--workers", str(workers)]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        args,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
+    )
     try:
         _wait_ready(f"http://127.0.0.1:{http}/readyz", proc)
         yield f"127.0.0.1:{http}", [proc.pid]
@@ -195,6 +203,8 @@ def measure_rate(
         "p50_ms": round(step.total.percentile_ms(50), 2),
         "p99_ms": round(step.total.percentile_ms(99), 2),
         "errors": step.total.errors,
+        "completed": step.total.completed,
+        "by_outcome": step.total.outcome_summaries(),
         "meets": step.meets(run_plan),
         "cores": split,
     }

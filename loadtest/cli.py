@@ -361,6 +361,39 @@ def bench_feed(
         module.benchmark(plan, out)
 
 
+@bench.command("overload")
+def bench_overload(
+    repository: Annotated[
+        Path, typer.Option(help="model repository with the default models")
+    ] = Path("var/model-repository"),
+    duration: Annotated[float, typer.Option(help="seconds per rate")] = 10.0,
+    multiples: Annotated[
+        str, typer.Option(help="multiples of the capacity offered, comma-separated")
+    ] = "1,1.5,3",
+    p99_ms: Annotated[float, typer.Option(help="p99 budget that defines capacity")] = 100.0,
+    out: Annotated[
+        Path | None, typer.Option(help="write JSON results here (and the tables as .md)")
+    ] = None,
+) -> None:
+    """POST /v1/feed over capacity: the stack make run starts with its adaptive
+    concurrency limit and without it, at multiples of the measured capacity: goodput,
+    shed share and latency, admitted p99, the CPU split (docs/benchmarks.md)."""
+    with _exit_2_on_error():
+        _positive(duration=duration, p99_ms=p99_ms)
+        try:
+            factors = tuple(float(x) for x in multiples.split(",") if x.strip())
+        except ValueError:
+            raise LoadTestError(f"--multiples {multiples!r}: give numbers like 1,1.5,3") from None
+        if not factors or min(factors) <= 0:
+            raise LoadTestError(f"--multiples {multiples!r}: give positive numbers")
+        with _loadtest_extra():
+            from loadtest import bench_overload as module
+        plan = module.OverloadBenchPlan(
+            repository, duration_s=duration, p99_budget_ms=p99_ms, multiples=factors
+        )
+        module.benchmark(plan, out)
+
+
 @bench.command("events")
 def bench_events(
     repository: Annotated[

@@ -135,26 +135,51 @@ def test_settings_refuse_an_initial_limit_outside_the_bounds():
         GradientSettings(min_limit=10, initial_limit=5)
 
 
-async def test_adaptive_admission_refuses_over_the_limit_at_once_and_releases():
-    adm = AdaptiveAdmission(GradientLimit(S, now=0.0))
-    epochs = [await adm.acquire(0.0) for _ in range(S.min_limit)]
-    loop = asyncio.get_running_loop()
-    began = loop.time()
-    with pytest.raises(TooManyRequests):
-        await adm.acquire(0.0)
-    assert loop.time() - began < 0.01  # no queue: refused without waiting
-    adm.release(epochs[0], 0.010, 0.001)
-    assert adm.inflight == S.min_limit - 1
-    await adm.acquire(0.002)
-    assert adm.inflight == S.min_limit
-
-
-async def test_adaptive_admission_follows_the_limit_as_it_moves():
-    adm = AdaptiveAdmission(GradientLimit(S, now=0.0))
+async def measured_admission(queue: int = 4, wait_s: float = 0.05) -> AdaptiveAdmission:
+    """An admission whose limit has measured its floor (10 ms): the limit is 16."""
+    adm = AdaptiveAdmission(GradientLimit(S, now=0.0), queue, wait_s)
     for i in range(S.min_rtt_samples):
         epoch = await adm.acquire(0.001 * i)
         adm.release(epoch, 0.010, 0.001 * i)
+    assert not adm.limit.measuring
+    return adm
+
+
+async def test_over_the_limit_a_request_is_refused_at_once():
+    adm = await measured_admission()
     held = [await adm.acquire(0.02) for _ in range(S.initial_limit)]
+    loop = asyncio.get_running_loop()
+    began = loop.time()
     with pytest.raises(TooManyRequests):
         await adm.acquire(0.02)
-    assert len(held) == S.initial_limit == adm.limit.limit
+    assert loop.time() - began < 0.01  # no queue: refused without waiting
+    adm.release(held.pop(), 0.010, 0.021)
+    assert adm.inflight == S.initial_limit - 1
+    await adm.acquire(0.022)
+    assert adm.inflight == S.initial_limit
+
+
+async def settle() -> None:
+    """Let woken tasks run (a handed-over slot takes a few loop turns to arrive)."""
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+async def test_while_the_floor_is_measured_a_few_wait_instead_of_being_refused():
+    adm = AdaptiveAdmission(GradientLimit(S, now=0.0), 4, 5.0)
+    held = [await adm.acquire(0.0) for _ in range(S.min_limit)]
+    waiting = [asyncio.create_task(adm.acquire(0.0)) for _ in range(4)]
+    await asyncio.sleep(0)
+    with pytest.raises(TooManyRequests):  # the queue (4) is full
+        await adm.acquire(0.0)
+    assert not any(t.done() for t in waiting)
+    adm.release(held.pop(), 0.010, 0.001)  # one place: the first waiter takes it
+    await settle()
+    assert [t.done() for t in waiting] == [True, False, False, False]
+    # the measurement ends: the limit rises to 16 and every waiter gets a place at once
+    for i in range(S.min_rtt_samples):
+        adm.limit.observe(adm.limit.epoch, 0.010, 0.002)
+    adm.release(held.pop(), 0.010, 0.003)
+    await settle()
+    assert all(t.done() for t in waiting)
+    assert adm.inflight == S.min_limit - 2 + 4

@@ -217,3 +217,86 @@ def test_reduced_scale_jpeg_decoding_matches_full_decoding(size):
         assert float(diff.mean()) <= 0.01 and float(diff.max()) <= 0.5, label
         if label.endswith("@2560"):  # 1/4 or 1/8 scale: a different decode, not the same one
             assert float(diff.mean()) > 0, label
+
+
+def _png(width: int, height: int, **info) -> bytes:
+    import io
+
+    from PIL import Image, PngImagePlugin
+
+    meta = PngImagePlugin.PngInfo()
+    for key, value in info.items():
+        meta.add_text(key, value, zip=True)
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), (90, 120, 150)).save(out, format="PNG", pnginfo=meta)
+    return out.getvalue()
+
+
+def _declared_png(width: int, height: int) -> bytes:
+    """A small PNG whose header declares ``width`` x ``height`` (the CRC recomputed)."""
+    import struct
+    import zlib
+
+    data = bytearray(_png(16, 16))
+    ihdr = bytearray(data[12:29])  # b"IHDR" + 13 bytes
+    ihdr[4:12] = struct.pack(">II", width, height)
+    data[12:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
+    return bytes(data)
+
+
+def test_image_bombs_are_refused_by_size_before_decoding():
+    # issue 19 item 6/13: a declared 50000x50000 PNG is 413 (it was 400), and a PNG over
+    # DECODE_FACTOR x the result's pixels is 413 even under max_image_pixels
+    from gateway.effects import DECODE_FACTOR, decode
+    from inference.protocol.errors import PayloadTooLarge
+
+    with pytest.raises(PayloadTooLarge, match="too large"):
+        decode(_declared_png(50_000, 50_000), 25_000_000, 256)
+    with pytest.raises(PayloadTooLarge, match="5000x5000"):
+        decode(_declared_png(5000, 5000), 50_000_000, 256)
+    side = int((DECODE_FACTOR * 256 * 256) ** 0.5)
+    with pytest.raises(PayloadTooLarge, match=f"over {DECODE_FACTOR}x"):
+        decode(_png(side + 8, side + 8), 50_000_000, 256)
+    # the same PNG for a larger result is within the factor
+    assert decode(_png(side + 8, side + 8), 50_000_000, 512).shape == (1, 3, 512, 512)
+
+
+def test_undecodable_images_are_invalid_input_never_an_internal_error():
+    # issue 19 item 6: PNG text bombs and truncated files were 500s
+    import io
+
+    from PIL import Image
+
+    from gateway.effects import decode
+    from inference.protocol.errors import InvalidInput
+
+    text_bomb = _png(32, 32, comment="a" * (64 << 20))  # 64 MiB of text, zipped to ~64 KB
+    assert len(text_bomb) < 1 << 20
+    out = io.BytesIO()
+    Image.new("RGB", (5000, 5000), (200, 10, 10)).save(out, format="JPEG", quality=10)
+    truncated = out.getvalue()[:700]  # a 700-byte JPEG claiming 25 Mpx
+    for data in (text_bomb, truncated, b"\x89PNG\r\n\x1a\n" + bytes(40), b"GIF89a" + bytes(20)):
+        with pytest.raises(InvalidInput) as caught:
+            decode(data, 25_000_000, 256)
+        assert caught.value.http_status == 400, caught.value
+
+
+async def test_the_deadline_is_enforced_around_decoding():
+    import time
+
+    from gateway.effects import EffectsPipeline
+    from gateway.settings import EffectSettings
+    from inference.protocol.errors import DeadlineExceeded
+
+    class NoModel:
+        async def infer(self, *args, **kwargs):
+            raise AssertionError("the model must not be called past the deadline")
+
+    pipeline = EffectsPipeline({"e": EffectSettings(model="m")}, NoModel(), 50_000_000)
+    try:
+        photo = _png(2000, 2000)
+        with pytest.raises(DeadlineExceeded, match="decoding"):
+            await pipeline.apply("e", photo, 256, "jpeg", time.monotonic() - 0.001)
+    finally:
+        pipeline.close()
