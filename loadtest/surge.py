@@ -7,7 +7,8 @@ Three stages of ``--surge-stage`` seconds each with ``base``, ``10 x base`` and
 ``100 x base`` users; each step is reached within a second (a surge does not ramp
 politely). Scaled to this 2-core machine by default: 2 users (a few requests a
 second), 20, then 200 users (well past one pod's feed capacity, so the gateway's
-admission control sheds with 429 and the autoscaler has something to do).
+admission control sheds (429 from the gateway's limits, 503 + Retry-After from a pod
+that cannot serve in time) and the autoscaler has something to do).
 """
 
 from __future__ import annotations

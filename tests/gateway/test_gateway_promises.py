@@ -366,7 +366,7 @@ def test_every_documented_metric_is_exposed_with_its_labels(make_gateway, script
     # (pod): "**Metrics** on the metrics port at `/metrics`, labelled `model` and
     # `version`: ..." -- parsed from the docs, so a renamed metric or label fails here
     gateway_doc, pod_doc = documented_gateway_metrics(), documented_pod_metrics()
-    assert len(gateway_doc) == 10 and len(pod_doc) == 9  # the parser found the lists
+    assert len(gateway_doc) == 12 and len(pod_doc) == 9  # the parser found the lists
     # the event store's metrics need a Redis: tests/events checks them
     gateway_doc = {k: v for k, v in gateway_doc.items() if k not in EVENT_STORE_METRICS}
     image = jpeg()
@@ -394,6 +394,8 @@ def test_every_documented_metric_is_exposed_with_its_labels(make_gateway, script
         sent_until("tenfold_gateway_upstream_ejections_total")
     finally:
         scripted.set("forward")
+    for _ in range(25):  # the adaptive limit's floor is measured over 25 answers
+        assert post_effect(gw, image).status_code == 200
     shed_gw = make_gateway(
         pools=one_pool(gate), max_inflight=1, max_queue=0, effects=PATIENT_EFFECTS
     )
