@@ -177,7 +177,7 @@ async def test_while_the_floor_is_measured_a_few_wait_instead_of_being_refused()
     await settle()
     assert [t.done() for t in waiting] == [True, False, False, False]
     # the measurement ends: the limit rises to 16 and every waiter gets a place at once
-    for i in range(S.min_rtt_samples):
+    for _ in range(S.min_rtt_samples):
         adm.limit.observe(adm.limit.epoch, 0.010, 0.002)
     adm.release(held.pop(), 0.010, 0.003)
     await settle()
