@@ -136,8 +136,6 @@ class GatewayCore:
         self.metrics.arrivals.labels(route).inc()
         self.metrics.inflight.labels(route).inc()
         try:
-            if self.draining:
-                raise ServerUnavailable("gateway is shutting down")
             try:
                 tenant = self.auth.check(key, route)
             except TooManyRequests:

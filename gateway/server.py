@@ -35,6 +35,9 @@ HEALTH_INTERVAL_S = 1.0
 #: how long the rest of an unread body is read and dropped after an early answer
 #: (413, 408...) before the connection closes (aiohttp's default is 10 s)
 LINGERING_S = 2.0
+#: after the listeners close, how long connections accepted just before have for their
+#: request to arrive before idle connections are closed
+ACCEPTED_SETTLE_S = 0.2
 _SERVICES = (
     "tenfold.v1.Feed",
     "tenfold.v1.Effects",
@@ -160,17 +163,32 @@ class GatewayServer:
             await asyncio.sleep(every)
 
     async def drain(self) -> None:
-        """Not ready, stop accepting, let in-flight requests finish (bounded), close."""
+        """Not ready but still serving for ``drain_grace_s`` (HTTP answers carry
+        ``Connection: close``), then stop accepting, let in-flight requests finish
+        (at most ``drain_timeout_s``; idle keep-alive connections are closed), close."""
         timeout = self.settings.drain_timeout_s
         self.core.draining = True
         await self._health.enter_graceful_shutdown()
+        if self.settings.drain_grace_s > 0:
+            log.info("draining: not ready, serving %.1f s more", self.settings.drain_grace_s)
+            await asyncio.sleep(self.settings.drain_grace_s)
         steps = []
         if self._grpc is not None:
             steps.append(self._grpc.stop(grace=timeout))
         if self._runner is not None:
-            steps.append(self._runner.cleanup())
+            steps.append(self._close_http())
         await asyncio.gather(*steps)
         await self.close()
+
+    async def _close_http(self) -> None:
+        """Stop accepting; give connections accepted just before a moment for their
+        request to arrive (aiohttp closes a connection with no request yet as idle,
+        and its client would get no answer); then finish in-flight and close."""
+        assert self._runner is not None
+        for site in list(self._runner.sites):
+            await site.stop()
+        await asyncio.sleep(ACCEPTED_SETTLE_S)
+        await self._runner.cleanup()
 
     async def close(self) -> None:
         for task in (self._checker, self._trending):

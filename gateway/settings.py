@@ -172,6 +172,13 @@ class GatewaySettings(BaseSettings):
     eject_max_s: float = Field(30.0, gt=0, description="longest ejection period")
     tenants: list[TenantSettings] = Field(default_factory=list, description="API keys")
     experiments: list[ExperimentSettings] = Field(default_factory=list, description="A/B tests")
+    drain_grace_s: float = Field(
+        2.0,
+        ge=0,
+        description="on SIGTERM, keep serving this long while not ready (answers carry "
+        "Connection: close) before the listeners close: balancers and clients move away "
+        "first",
+    )
     drain_timeout_s: float = Field(10, ge=0, description="longest wait for in-flight on stop")
     xds: str | None = Field(
         None,

@@ -7,7 +7,9 @@ ready), the gateway workers (their pools follow the control plane) and Envoy on 
 public ports. On SIGINT/SIGTERM it stops in the reverse order: Envoy drains its
 listeners, the gateway drains, each pod leaves its endpoint set before it drains, and
 the control plane stops last. ``--no-mesh`` runs the gateway on the public ports
-with fixed endpoints, as before the mesh.
+with fixed endpoints, as before the mesh. A pod that exits is restarted on its ports
+(out of its pool until ready) while the others serve; any other process exiting
+stops the stack.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from servicekit.redis import redis_url, start_redis
 from tenfold.scaling import PRODUCT_POOLS, AutoscaleOptions, ScaledPools
 
 POD_POOL = "default"
+#: a pod that exits is restarted, unless pods exited this often within the window
+MAX_RESTARTS, RESTART_WINDOW_S = 3, 60.0
 EXAMPLES = """\
 Try, from another shell:
   curl -s -X POST localhost:{http}/v1/feed -H 'content-type: application/json' \\
@@ -168,6 +172,26 @@ class Stack:
             f"grpc 127.0.0.1:{self.ports['grpc']}, admin 127.0.0.1:{self.envoy.admin_port}"
         )
 
+    def restart_pod(self, pod: ServiceProcess, say) -> None:
+        """A pod exited: it leaves its pool's endpoint set, and a new one starts on the
+        same ports (the gateway's fixed endpoints without the mesh stay right) and
+        joins once ready. The other pods serve meanwhile."""
+        index = self.pods.index(pod)
+        say(pod.new_output(), end="")
+        say(
+            f"tenfold: pod {index + 1} (grpc {pod.grpc}) exited with code "
+            f"{pod.proc.returncode}; restarting it"
+        )
+        rest = [p for p in self.pods if p is not pod]
+        if self.control_plane is not None:
+            put_endpoints(self.control_plane.http, POD_POOL, _pod_set(rest))
+        ports = ("--http-port", str(pod.http_port), "--grpc-port", str(pod.grpc_port))
+        new = start_pod(self.options.repo, *ports, intra_op_threads=self.options.threads)
+        self.pods[index] = new
+        if self.control_plane is not None:
+            put_endpoints(self.control_plane.http, POD_POOL, _pod_set(self.pods))
+        say(f"tenfold: pod {index + 1} ready again (grpc {new.grpc}, http {new.http})")
+
     def _start_pools(self, say) -> None:
         """The product pools under local providers, grown to their minimum first."""
         o, a = self.options, self.options.autoscale
@@ -225,6 +249,7 @@ def up(options: StackOptions) -> int:
         kserve = " (straight to the pod, via Envoy)" if options.mesh else " (gateway pass-through)"
         say(EXAMPLES.format(http=stack.ports["http"], grpc=stack.ports["grpc"], kserve=kserve))
         next_tick, last = time.monotonic(), {}
+        restarts: list[float] = []
         while not stop.wait(0.5):
             if stack.scaled is not None and time.monotonic() >= next_tick:
                 next_tick += stack.scaled.options.tick_s
@@ -238,6 +263,21 @@ def up(options: StackOptions) -> int:
                         last[pool] = view
             for child in stack.children:  # what the services say from now on
                 say(child.new_output(), end="")
+            for pod in [p for p in stack.pods if p.proc.poll() is not None]:
+                restarts = [t for t in restarts if time.monotonic() - t < RESTART_WINDOW_S]
+                if len(restarts) >= MAX_RESTARTS:
+                    print(
+                        f"tenfold: pods exited {len(restarts) + 1} times within "
+                        f"{RESTART_WINDOW_S:g} s; stopping",
+                        file=sys.stderr,
+                    )
+                    return 1
+                restarts.append(time.monotonic())
+                try:
+                    stack.restart_pod(pod, say)
+                except LaunchError as exc:
+                    print(f"tenfold: cannot restart the pod: {exc}; stopping", file=sys.stderr)
+                    return 1
             if any(p.proc.poll() is not None for p in stack.children):
                 print("tenfold: a process of the stack exited; stopping", file=sys.stderr)
                 return 1

@@ -218,3 +218,71 @@ def test_tenfold_up_serves_through_envoy_and_stops_in_order_on_sigterm(quick_rep
         rest.index("tenfold mesh: stopped"),
     ]
     assert order == sorted(order), rest
+
+
+def test_tenfold_up_keeps_serving_when_a_pod_dies_and_restarts_it(quick_repo):
+    # issue 19 item 9 / tenfold/stack.py: "A pod that exits is restarted on its ports
+    # (out of its pool until ready) while the others serve"
+    import threading
+
+    import psutil
+
+    cmd = [sys.executable, "-m", "tenfold", "up", "--repository", str(quick_repo)]
+    proc = subprocess.Popen(
+        [*cmd, "--pods", "2", "--port", "0", "--grpc-port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def load(port: int) -> None:  # one client, one feed after another
+        with requests.Session() as session:
+            while not stop.is_set():
+                url = f"http://127.0.0.1:{port}/v1/feed"
+                statuses.append(session.post(url, json=FEED, timeout=10).status_code)
+
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if "edge (Envoy) ready" in line:
+                break
+        else:
+            raise AssertionError("".join(lines))
+        port = int(lines[-1].split("http 127.0.0.1:")[1].split(",")[0])
+        pods = [
+            c
+            for c in psutil.Process(proc.pid).children(recursive=True)
+            if "inference" in " ".join(c.cmdline())
+        ]
+        assert len(pods) == 2
+        loader = threading.Thread(target=load, args=(port,))
+        loader.start()
+        wait_until(lambda: len(statuses) >= 20, "feeds before the kill", timeout=30)
+        pods[0].kill()
+        for line in proc.stdout:
+            lines.append(line)
+            if "ready again" in line:
+                break
+        assert any("exited with code -9; restarting it" in x for x in lines), lines[-5:]
+        served = len(statuses)
+        wait_until(lambda: len(statuses) >= served + 20, "feeds after the restart", timeout=30)
+        stop.set()
+        loader.join(30)
+        assert proc.poll() is None  # the stack did not stop
+        assert statuses.count(200) == len(statuses), sorted(set(statuses))
+        alive = [
+            c
+            for c in psutil.Process(proc.pid).children(recursive=True)
+            if "inference" in " ".join(c.cmdline())
+        ]
+        assert len(alive) == 2 and pods[1] in alive
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+        assert proc.returncode == 0
+    finally:
+        stop.set()
+        if proc.poll() is None:
+            proc.kill()
