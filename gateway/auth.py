@@ -48,15 +48,24 @@ class Authenticator:
             t.name: TokenBucket(t.rate_per_s, t.burst, now) for t in tenants if t.rate_per_s > 0
         }
 
-    def check(self, key: str | None, route: str) -> Tenant:
+    def identify(self, key: str | None) -> TenantSettings | None:
+        """The key's tenant (None: no tenants configured, everyone is anonymous);
+        Unauthenticated for a missing or unknown key. No route check, no rate limit:
+        for the read-only surfaces (metrics, the OpenAPI document, the effects list)."""
         if not self.enabled:
-            return ANONYMOUS
+            return None
         if key is None:
             raise Unauthenticated("missing API key: send 'Authorization: Bearer <key>'")
         digest = hash_key(key)
         tenant = next((t for h, t in self._by_hash.items() if hmac.compare_digest(h, digest)), None)
         if tenant is None:
             raise Unauthenticated("unknown API key")
+        return tenant
+
+    def check(self, key: str | None, route: str) -> Tenant:
+        tenant = self.identify(key)
+        if tenant is None:
+            return ANONYMOUS
         if route not in tenant.routes:
             raise PermissionDenied(f"tenant {tenant.name!r} may not use route {route!r}")
         bucket = self._buckets.get(tenant.name)

@@ -26,7 +26,14 @@ def serve(
     workers: Annotated[
         int | None, typer.Option(help="Worker processes sharing the ports (default 1)")
     ] = None,
-    host: Annotated[str | None, typer.Option(help="Bind address (default 0.0.0.0)")] = None,
+    host: Annotated[
+        str | None,
+        typer.Option(help="Bind address (default 127.0.0.1; 0.0.0.0 needs API keys)"),
+    ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="A port serving only /metrics, without a key (0 = any free)"),
+    ] = None,
 ) -> None:
     """Serve the gateway until SIGTERM. Every setting also reads TENFOLD_GATEWAY_<NAME>."""
     from gateway.main import run_gateway
@@ -35,7 +42,13 @@ def serve(
 
     try:
         settings = load_settings(
-            GatewaySettings, config, port=port, grpc_port=grpc_port, workers=workers, host=host
+            GatewaySettings,
+            config,
+            port=port,
+            grpc_port=grpc_port,
+            workers=workers,
+            host=host,
+            metrics_port=metrics_port,
         )
     except SettingsError as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -44,7 +44,10 @@ class GatewayService:
             ports = await self.server.start()
         except (OSError, RuntimeError) as exc:
             raise StartError(f"cannot listen: {exc}") from None
-        return {"http": ports.http, "grpc": ports.grpc}
+        bound = {"http": ports.http, "grpc": ports.grpc}
+        if ports.metrics is not None:
+            bound["metrics"] = ports.metrics
+        return bound
 
     def listening(self, ports: Mapping[str, int]) -> str:
         return listening_line(self.settings, self.host, ports)
@@ -61,6 +64,8 @@ class GatewayService:
 
 def listening_line(settings: GatewaySettings, host: str, ports: Mapping[str, int]) -> str:
     line = f"listening http={host}:{ports['http']} grpc={host}:{ports['grpc']}"
+    if "metrics" in ports:
+        line += f" metrics={host}:{ports['metrics']}"
     return f"{line} workers={settings.workers}"
 
 

@@ -22,7 +22,7 @@ from gateway.grpc.servicer import (
     FeedServicer,
     kserve_passthrough,
 )
-from gateway.http.app import create_app
+from gateway.http.app import create_app, create_metrics_app
 from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
 from gateway.upstream.upstreams import build_upstreams
@@ -50,6 +50,7 @@ _SERVICES = (
 class BoundPorts:
     http: int
     grpc: int
+    metrics: int | None = None
 
 
 def build_core(settings: GatewaySettings, metrics: GatewayMetrics | None = None) -> GatewayCore:
@@ -75,6 +76,7 @@ class GatewayServer:
         self.settings = settings
         self.core = core
         self._runner: web.AppRunner | None = None
+        self._metrics: web.AppRunner | None = None
         self._grpc: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._checker: asyncio.Task | None = None
@@ -102,6 +104,13 @@ class GatewayServer:
         site = web.TCPSite(self._runner, self.host, s.port, reuse_port=reuse, backlog=2048)
         await site.start()
         http_port = self._runner.addresses[0][1]
+        metrics_port = None
+        if s.metrics_port is not None:
+            self._metrics = web.AppRunner(create_metrics_app(self.core), access_log=None)
+            await self._metrics.setup()
+            where = web.TCPSite(self._metrics, self.host, s.metrics_port, reuse_port=reuse)
+            await where.start()
+            metrics_port = self._metrics.addresses[0][1]
 
         options = [
             ("grpc.so_reuseport", 1 if reuse else 0),
@@ -121,7 +130,8 @@ class GatewayServer:
             health.SERVICE_NAME,
             reflection.SERVICE_NAME,
         ]
-        reflection.enable_server_reflection(names, self._grpc)
+        if s.loopback_only:  # with API keys, reflection would list services to anyone
+            reflection.enable_server_reflection(names, self._grpc)
         grpc_port = self._grpc.add_insecure_port(f"{self.host}:{s.grpc_port}")
         if grpc_port == 0:
             raise OSError(f"cannot listen on {self.host}:{s.grpc_port} (gRPC)")
@@ -131,7 +141,7 @@ class GatewayServer:
         self._checker = asyncio.create_task(self._check_loop())
         if self.core.events is not None:
             self._trending = asyncio.create_task(self._trending_loop(self.core.events))
-        self.ports = BoundPorts(http_port, grpc_port)
+        self.ports = BoundPorts(http_port, grpc_port, metrics_port)
         return self.ports
 
     async def _set_health(self) -> None:
@@ -196,8 +206,9 @@ class GatewayServer:
                 task.cancel()
         if self._grpc is not None:
             await self._grpc.stop(grace=None)
-        if self._runner is not None:
-            await self._runner.cleanup()
+        for runner in (self._runner, self._metrics):
+            if runner is not None:
+                await runner.cleanup()
         await self.core.upstream.close()
         self.core.effects.close()
         if self.core.events is not None:

@@ -123,9 +123,20 @@ class ExperimentSettings(BaseModel):
 class GatewaySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TENFOLD_GATEWAY_", extra="forbid")
 
-    host: str = Field("0.0.0.0", description="bind address (forced to loopback without keys)")
+    host: str = Field(
+        "127.0.0.1",
+        description="bind address (give 0.0.0.0 to serve other machines; forced to loopback "
+        "without API keys)",
+    )
     port: int = Field(8080, ge=0, le=65535, description="HTTP port (0 = any free port)")
     grpc_port: int = Field(8081, ge=0, le=65535, description="gRPC port (0 = any free port)")
+    metrics_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="a port serving only /metrics, without a key (for Prometheus; None: "
+        "/metrics on the HTTP port, which needs a key once API keys are configured)",
+    )
     workers: int = Field(1, ge=1, le=64, description="worker processes sharing the ports")
     pools: dict[str, PoolSettings] = Field(default_factory=dict, description="inference pools")
     feed: FeedSettings = Field(default_factory=FeedSettings, description="feed pipeline")

@@ -47,7 +47,10 @@ def errors_middleware(log: logging.Logger):
             return error_response(PayloadTooLarge(f"request body is too large: {exc.text}"))
         except web.HTTPException as exc:
             if exc.status >= 400:
-                return json_response({"error": exc.reason}, exc.status)
+                response = json_response({"error": exc.reason}, exc.status)
+                if "Allow" in exc.headers:  # 405 says what is allowed
+                    response.headers["Allow"] = exc.headers["Allow"]
+                return response
             raise
         except Exception:
             log.exception("unhandled error on %s %s", request.method, request.path)

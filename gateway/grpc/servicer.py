@@ -112,6 +112,11 @@ class EffectsServicer(pb_grpc.EffectsServicer):
         self.core = core
 
     async def List(self, request, context) -> pb.ListEffectsResponse:
+        metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+        try:
+            self.core.auth.identify(key_from_headers(metadata))
+        except Exception as exc:
+            await _abort(context, exc)
         return pb.ListEffectsResponse(
             effects=[pb.EffectInfo(**e) for e in self.core.effects.listing()]
         )

@@ -135,7 +135,13 @@ async def erase_user(request: web.Request) -> web.Response:
         return json_response(doc)
 
 
+def _keyed(request: web.Request) -> None:
+    """With API keys configured, a read-only surface needs a valid key too."""
+    _core(request).auth.identify(key_from_headers(request.headers))
+
+
 async def list_effects(request: web.Request) -> web.Response:
+    _keyed(request)
     return json_response({"effects": _core(request).effects.listing()})
 
 
@@ -216,11 +222,28 @@ async def v2_metadata(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = _core(request).metrics.render()
+    _keyed(request)
+    return _exposition(_core(request))
+
+
+def _exposition(core: GatewayCore) -> web.Response:
+    body = core.metrics.render()
     return web.Response(body=body, content_type="text/plain", charset="utf-8")
 
 
+def create_metrics_app(core: GatewayCore) -> web.Application:
+    """The metrics port's app: ``GET /metrics`` only, no key (``metrics_port``)."""
+    app = web.Application()
+
+    async def open_metrics(request: web.Request) -> web.Response:
+        return _exposition(core)
+
+    app.router.add_get("/metrics", open_metrics)
+    return app
+
+
 async def openapi(request: web.Request) -> web.Response:
+    _keyed(request)
     return json_response(document())
 
 

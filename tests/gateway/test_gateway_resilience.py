@@ -219,14 +219,15 @@ def test_no_tenants_binds_loopback_only_and_says_so(make_gateway):
 
 def test_api_keys_routes_and_rate_limits(make_gateway):
     gw = make_gateway(
+        host="0.0.0.0",
         tenants=[
             {"name": "feed-app", "key_sha256": hash_key("feed-key"), "routes": ["feed"]},
             {"name": "tiny", "key_sha256": hash_key("tiny-key"), "rate_per_s": 0.5, "burst": 2},
-        ]
+        ],
     )
     gw.wait_for(r"ready, pools")  # the notice would come before this line
     assert "loopback" not in gw.output()  # keys configured: no loopback-only notice
-    assert reachable_off_loopback(gw.http_port)  # and bound to the configured host
+    assert reachable_off_loopback(gw.http_port)  # and bound to the host asked for
 
     def post(headers):
         return requests.post(
@@ -631,3 +632,46 @@ def test_sigterm_under_keep_alive_load_leaves_no_request_unanswered(make_gateway
     assert ended == 30, counts  # every client ended on a new connection
     allowed = {200, 429, "connection: close", "refused", "readyz 503", "unanswered, new"}
     assert set(counts) <= allowed, counts
+
+
+def test_with_api_keys_only_probes_are_public(make_gateway):
+    # issue 19 item 12 / docs/gateway.md (Auth): "with keys, /metrics, /openapi.json and
+    # the effects list need a key, server reflection is off, the metrics port serves
+    # /metrics to Prometheus; /healthz and /readyz stay open; the bind stays loopback
+    # unless host is given"
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    gw = make_gateway(
+        metrics_port=0,
+        tenants=[{"name": "app", "key_sha256": hash_key("app-key"), "routes": ["feed"]}],
+    )
+    assert gw.metrics_port and not reachable_off_loopback(gw.http_port)
+    key = {"Authorization": "Bearer app-key"}
+    for path in ("/metrics", "/openapi.json", "/v1/effects"):
+        url = f"http://{gw.http}{path}"
+        assert requests.get(url, timeout=10).status_code == 401, path
+        assert requests.get(url, headers={"x-api-key": "nope"}, timeout=10).status_code == 401
+        assert requests.get(url, headers=key, timeout=10).status_code == 200, path
+    scraped = requests.get(f"http://127.0.0.1:{gw.metrics_port}/metrics", timeout=10)
+    assert scraped.status_code == 200 and "tenfold_gateway_requests_total" in scraped.text
+    for path in ("/healthz", "/readyz"):
+        assert requests.get(f"http://{gw.http}{path}", timeout=10).status_code == 200
+    with grpc.insecure_channel(gw.grpc) as channel:
+        stub = pb_grpc.EffectsStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.List(pb.ListEffectsRequest(), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        listed = stub.List(pb.ListEffectsRequest(), metadata=[("x-api-key", "app-key")])
+        assert [e.name for e in listed.effects] == ["cartoon"]
+        reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
+        ask = reflection_pb2.ServerReflectionRequest(list_services="")
+        with pytest.raises(grpc.RpcError) as off:
+            list(reflect.ServerReflectionInfo(iter([ask]), timeout=10))
+        assert off.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_a_wrong_method_is_405_with_allow(gateway):
+    # issue 19 item 13: 405 came without Allow
+    answer = requests.put(f"http://{gateway.http}/v1/feed", json={}, timeout=10)
+    assert answer.status_code == 405 and "POST" in answer.headers["Allow"]
+    assert "error" in answer.json()
