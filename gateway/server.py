@@ -21,13 +21,14 @@ from gateway.grpc.servicer import (
     EventsServicer,
     FeedServicer,
     kserve_passthrough,
+    parsing_handler,
 )
 from gateway.http.app import create_app, create_metrics_app
 from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
 from gateway.upstream.upstreams import build_upstreams
 from inference.protocol.errors import TenfoldError
-from protos.tenfold.v1 import gateway_pb2, gateway_pb2_grpc
+from protos.tenfold.v1 import gateway_pb2
 from servicekit import kserve_grpc
 
 log = logging.getLogger("tenfold.gateway")
@@ -118,10 +119,14 @@ class GatewayServer:
             ("grpc.max_send_message_length", -1),
         ]
         self._grpc = grpc.aio.server(options=options)
-        gateway_pb2_grpc.add_FeedServicer_to_server(FeedServicer(self.core), self._grpc)
-        gateway_pb2_grpc.add_EffectsServicer_to_server(EffectsServicer(self.core), self._grpc)
-        gateway_pb2_grpc.add_EventsServicer_to_server(EventsServicer(self.core), self._grpc)
-        self._grpc.add_generic_rpc_handlers([kserve_passthrough(self.core)])
+        self._grpc.add_generic_rpc_handlers(
+            [
+                parsing_handler("Feed", FeedServicer(self.core)),
+                parsing_handler("Effects", EffectsServicer(self.core)),
+                parsing_handler("Events", EventsServicer(self.core)),
+                kserve_passthrough(self.core),
+            ]
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         names = [
             gateway_pb2.DESCRIPTOR.services_by_name["Feed"].full_name,

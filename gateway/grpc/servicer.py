@@ -7,6 +7,7 @@ import logging
 from contextlib import asynccontextmanager
 
 import grpc
+from google.protobuf.message import DecodeError
 from pydantic import ValidationError
 
 from gateway.auth import key_from_headers
@@ -181,3 +182,31 @@ def kserve_passthrough(core: GatewayCore) -> grpc.GenericRpcHandler:
     handlers["ServerReady"] = grpc.unary_unary_rpc_method_handler(ready)
     handlers["ServerMetadata"] = grpc.unary_unary_rpc_method_handler(metadata)
     return grpc.method_handlers_generic_handler(kserve_grpc.SERVICE_NAME, handlers)
+
+
+def parsing_handler(service: str, servicer: object) -> grpc.GenericRpcHandler:
+    """The unary methods of ``service`` (in tenfold.v1) on ``servicer``, taking the raw
+    request bytes and parsing them in the handler: a body that does not parse is the
+    caller's error, INVALID_ARGUMENT naming the message (grpc's own deserializer would
+    answer UNKNOWN with an internal type name)."""
+    descriptor = pb.DESCRIPTOR.services_by_name[service]
+    handlers = {}
+    for method in descriptor.methods:
+        request_type = getattr(pb, method.input_type.name)
+        response_type = getattr(pb, method.output_type.name)
+        bound = getattr(servicer, method.name)
+
+        async def call(raw: bytes, context, bound=bound, request_type=request_type):
+            try:
+                request = request_type.FromString(raw)
+            except DecodeError:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"the request is not a valid {request_type.DESCRIPTOR.full_name}",
+                )
+            return await bound(request, context)
+
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            call, response_serializer=response_type.SerializeToString
+        )
+    return grpc.method_handlers_generic_handler(descriptor.full_name, handlers)
