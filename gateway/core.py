@@ -8,6 +8,8 @@ one table in ``inference.protocol.errors``.
 
 from __future__ import annotations
 
+import asyncio
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -40,6 +42,18 @@ from inference.protocol.errors import (
     TenfoldError,
     TooManyRequests,
 )
+
+#: the status counted for a request whose client went away (nginx's 499)
+CLIENT_GONE = "499"
+_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
+
+
+def usable_request_id(given: str | None) -> str:
+    """The client's x-request-id if it is 1-128 printable ASCII characters (it is
+    echoed in a header), else a new one."""
+    if given and _REQUEST_ID.fullmatch(given):
+        return given
+    return uuid.uuid4().hex
 
 
 @dataclass
@@ -144,7 +158,7 @@ class GatewayCore:
             budget = self.default_deadline_s(route, effect)
             if timeout_s is not None:
                 budget = min(budget, timeout_s)
-            call = Call(route, start + budget, tenant, request_id or uuid.uuid4().hex)
+            call = Call(route, start + budget, tenant, usable_request_id(request_id))
             if before_slot is not None:
                 await before_slot()
             limit = self.limit(route)
@@ -168,6 +182,9 @@ class GatewayCore:
                 yield call
         except TenfoldError as exc:
             code = str(exc.http_status)
+            raise
+        except (ConnectionError, asyncio.CancelledError):
+            code = CLIENT_GONE  # the client went away: not the server's error
             raise
         except BaseException:
             code = "500"

@@ -52,6 +52,8 @@ def errors_middleware(log: logging.Logger):
                     response.headers["Allow"] = exc.headers["Allow"]
                 return response
             raise
+        except ConnectionError:
+            raise  # the client went away: aiohttp drops the connection quietly
         except Exception:
             log.exception("unhandled error on %s %s", request.method, request.path)
             return error_response(InternalError())

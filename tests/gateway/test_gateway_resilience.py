@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import tempfile
+import time
 import zlib
 from pathlib import Path
 
@@ -675,3 +676,41 @@ def test_a_wrong_method_is_405_with_allow(gateway):
     answer = requests.put(f"http://{gateway.http}/v1/feed", json={}, timeout=10)
     assert answer.status_code == 405 and "POST" in answer.headers["Allow"]
     assert "error" in answer.json()
+
+
+def test_a_client_leaving_mid_body_is_not_a_server_error(gateway):
+    # issue 19 item 8: a disconnect mid-body was logged as ERROR and counted as 500
+    before = scrape(gateway.http)
+    with socket.create_connection(("127.0.0.1", gateway.http_port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /v1/feed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000\r\n\r\n" + b'{"user_id": 1'
+        )
+        time.sleep(0.3)  # the handler is reading the body
+    counted = lambda code: metric_total(  # noqa: E731
+        scrape(gateway.http), "tenfold_gateway_requests_total", route="feed", code=code
+    )
+    wait_until(
+        lambda: (
+            counted("499")
+            > metric_total(before, "tenfold_gateway_requests_total", route="feed", code="499")
+        ),
+        "the disconnect counted as 499",
+        timeout=15,
+    )
+    assert counted("500") == metric_total(
+        before, "tenfold_gateway_requests_total", route="feed", code="500"
+    )
+    assert "unhandled error" not in gateway.output()
+
+
+def test_an_unusable_request_id_is_replaced_not_a_500(gateway):
+    # issue 19 item 8: an x-request-id with byte 0x85 was a 500
+    url = f"http://{gateway.http}/v1/feed"
+    for bad in (b"abc\x85def", b"x" * 200, b"has space"):
+        answer = requests.post(url, json={"user_id": 1}, headers={"x-request-id": bad}, timeout=10)
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["x-request-id"] != bad.decode("latin-1")
+        assert answer.json()["request_id"] == answer.headers["x-request-id"]
+    good = requests.post(url, json={"user_id": 1}, headers={"x-request-id": "req-42"}, timeout=10)
+    assert good.headers["x-request-id"] == "req-42"
