@@ -88,28 +88,28 @@ class AdaptiveAdmission:
     ``max_queue`` requests wait up to ``queue_timeout_s`` instead, so clients arriving
     with a fresh gateway are not refused."""
 
-    def __init__(self, limit: GradientLimit, max_queue: int, queue_timeout_s: float) -> None:
-        self.limit = limit
+    def __init__(self, controller: GradientLimit, max_queue: int, queue_timeout_s: float) -> None:
+        self.controller = controller
         self.max_queue = max_queue
-        self.admission = Admission(limit.limit, max_queue, queue_timeout_s)
+        self.admission = Admission(controller.limit, max_queue, queue_timeout_s)
 
     @property
     def inflight(self) -> int:
         return self.admission.inflight
 
     def _apply(self) -> None:
-        self.admission.max_inflight = self.limit.limit
-        self.admission.max_queue = self.max_queue if self.limit.measuring else 0
+        self.admission.max_inflight = self.controller.limit
+        self.admission.max_queue = self.max_queue if self.controller.measuring else 0
         self.admission.wake()
 
     async def acquire(self, now: float) -> int:
         """A place (the controller's epoch, for ``release``), or TooManyRequests."""
-        self.limit.advance(now)
+        self.controller.advance(now)
         self._apply()
         await self.admission.acquire()
-        return self.limit.epoch
+        return self.controller.epoch
 
     def release(self, epoch: int, latency_s: float | None, now: float) -> None:
-        self.limit.observe(epoch, latency_s, now)
+        self.controller.observe(epoch, latency_s, now)
         self._apply()
         self.admission.release()

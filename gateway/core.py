@@ -169,7 +169,7 @@ class GatewayCore:
                     self.metrics.shed.labels(route, "concurrency").inc()
                     raise TooManyRequests(
                         f"{route}: at its adaptive concurrency limit "
-                        f"({limit.limit.limit} in flight); retry later"
+                        f"({limit.controller.limit} in flight); retry later"
                     ) from None
                 began = self.clock()
             slot = AsyncExitStack()
@@ -207,9 +207,9 @@ class GatewayCore:
         now = self.clock()
         sample = code == "200" or code == str(DeadlineExceeded.http_status)
         limit.release(epoch, now - began if sample else None, now)
-        self.metrics.concurrency_limit.labels(route).set(limit.limit.limit)
-        if limit.limit.min_rtt_s is not None:
-            self.metrics.concurrency_min_rtt.labels(route).set(limit.limit.min_rtt_s)
+        self.metrics.concurrency_limit.labels(route).set(limit.controller.limit)
+        if limit.controller.min_rtt_s is not None:
+            self.metrics.concurrency_min_rtt.labels(route).set(limit.controller.min_rtt_s)
 
     # -- routes -------------------------------------------------------------------------
     async def feed(self, body: FeedBody, call: Call) -> FeedAnswer:

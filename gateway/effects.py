@@ -75,10 +75,8 @@ def decode(data: bytes, max_pixels: int, size: int, draft: bool = True) -> np.nd
         fitted = ImageOps.fit(image, (size, size), Image.Resampling.BILINEAR)
     except Image.DecompressionBombError as exc:  # PIL's own cap, past ours: too large
         raise PayloadTooLarge(f"body: image too large ({exc})") from None
-    except TenfoldError:
-        raise
-    except (MemoryError, RecursionError):
-        raise
+    except (TenfoldError, MemoryError, RecursionError):
+        raise  # ours (413...), or the process's trouble: not the input's fault
     except Exception as exc:  # whatever the decoder says of these bytes is the input's fault
         raise InvalidInput(f"body: not a decodable JPEG or PNG image ({exc})") from None
     array = np.asarray(fitted, dtype=np.float32) / 255.0

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from loadtest.bench_feed import make_run_stack, measure_rate
+from loadtest.bench_feed import load, make_run_stack, measure_rate
 from loadtest.bench_peers import ladder, publish, setup
 from loadtest.scenarios import ScenarioSpec
 from loadtest.targets import LoadTestError
@@ -51,6 +51,9 @@ class OverloadBenchPlan:
     start_rate: float = 100.0
     factor: float = 1.2
     top_rate: float = 3000.0
+
+    def ladder(self) -> tuple[float, ...]:
+        return ladder(self.start_rate, self.factor, self.top_rate)
 
 
 def _say(text: str) -> None:
@@ -88,14 +91,8 @@ def measure(plan: OverloadBenchPlan) -> dict:
     fixed = "fixed max_inflight only"
     with make_run_stack(repo, 1, STACKS[fixed]) as (address, pids):
         _say("capacity: the stack without the limit climbs the ladder")
-        best, climbed = None, []
-        for rate in ladder(plan.start_rate, plan.factor, plan.top_rate):
-            row = measure_rate(address, pids, spec, rate, plan.duration_s, plan.p99_budget_ms)
-            climbed.append(row)
-            _say(f"  {rate:g}/s -> {row['achieved']:g}/s p99 {row['p99_ms']:g} ms")
-            if not row["meets"]:
-                break
-            best = row
+        climb = load(address, pids, plan, spec, "capacity")
+    best, climbed = climb["best"], climb["ladder"]
     if best is None:
         raise LoadTestError(f"no rate from {plan.start_rate:g}/s met the budget")
     capacity = best["achieved"]

@@ -29,6 +29,7 @@ from mesh.envoy import EnvoyProcess, start_envoy
 from mesh.launch import put_endpoints, start_control_plane
 from servicekit.launcher import LaunchError, ServiceProcess
 from servicekit.redis import redis_url, start_redis
+from servicekit.supervisor import RestartBudget
 from tenfold.scaling import PRODUCT_POOLS, AutoscaleOptions, ScaledPools
 
 POD_POOL = "default"
@@ -142,8 +143,7 @@ class Stack:
         for i in range(o.pods if o.autoscale is None else 0):
             pod = start_pod(o.repo, intra_op_threads=o.threads)
             self.pods.append(pod)
-            if self.control_plane is not None:
-                put_endpoints(self.control_plane.http, POD_POOL, _pod_set(self.pods))
+            self._publish_pods(self.pods)
             say(f"tenfold: pod {i + 1}/{o.pods} ready (grpc {pod.grpc}, http {pod.http})")
         if self.control_plane is None:
             config = gateway_config(o.repo, self.pods, workers=o.workers, **events)
@@ -172,6 +172,11 @@ class Stack:
             f"grpc 127.0.0.1:{self.ports['grpc']}, admin 127.0.0.1:{self.envoy.admin_port}"
         )
 
+    def _publish_pods(self, pods: list[ServiceProcess]) -> None:
+        """With the mesh, ``pods`` become the pod pool's endpoint set."""
+        if self.control_plane is not None:
+            put_endpoints(self.control_plane.http, POD_POOL, _pod_set(pods))
+
     def restart_pod(self, pod: ServiceProcess, say) -> None:
         """A pod exited: it leaves its pool's endpoint set, and a new one starts on the
         same ports (the gateway's fixed endpoints without the mesh stay right) and
@@ -182,14 +187,11 @@ class Stack:
             f"tenfold: pod {index + 1} (grpc {pod.grpc}) exited with code "
             f"{pod.proc.returncode}; restarting it"
         )
-        rest = [p for p in self.pods if p is not pod]
-        if self.control_plane is not None:
-            put_endpoints(self.control_plane.http, POD_POOL, _pod_set(rest))
+        self._publish_pods([p for p in self.pods if p is not pod])
         ports = ("--http-port", str(pod.http_port), "--grpc-port", str(pod.grpc_port))
         new = start_pod(self.options.repo, *ports, intra_op_threads=self.options.threads)
         self.pods[index] = new
-        if self.control_plane is not None:
-            put_endpoints(self.control_plane.http, POD_POOL, _pod_set(self.pods))
+        self._publish_pods(self.pods)
         say(f"tenfold: pod {index + 1} ready again (grpc {new.grpc}, http {new.http})")
 
     def _start_pools(self, say) -> None:
@@ -249,7 +251,7 @@ def up(options: StackOptions) -> int:
         kserve = " (straight to the pod, via Envoy)" if options.mesh else " (gateway pass-through)"
         say(EXAMPLES.format(http=stack.ports["http"], grpc=stack.ports["grpc"], kserve=kserve))
         next_tick, last = time.monotonic(), {}
-        restarts: list[float] = []
+        restarts = RestartBudget(MAX_RESTARTS, RESTART_WINDOW_S, time.monotonic)
         while not stop.wait(0.5):
             if stack.scaled is not None and time.monotonic() >= next_tick:
                 next_tick += stack.scaled.options.tick_s
@@ -264,15 +266,13 @@ def up(options: StackOptions) -> int:
             for child in stack.children:  # what the services say from now on
                 say(child.new_output(), end="")
             for pod in [p for p in stack.pods if p.proc.poll() is not None]:
-                restarts = [t for t in restarts if time.monotonic() - t < RESTART_WINDOW_S]
-                if len(restarts) >= MAX_RESTARTS:
+                if not restarts.allow():
                     print(
-                        f"tenfold: pods exited {len(restarts) + 1} times within "
+                        f"tenfold: pods exited {MAX_RESTARTS + 1} times within "
                         f"{RESTART_WINDOW_S:g} s; stopping",
                         file=sys.stderr,
                     )
                     return 1
-                restarts.append(time.monotonic())
                 try:
                     stack.restart_pod(pod, say)
                 except LaunchError as exc:

@@ -29,10 +29,15 @@ async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
     await abort(context, exc, log)
 
 
+def _metadata(context) -> dict[str, str]:
+    """The call's text metadata (binary ``-bin`` entries left out)."""
+    return {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+
+
 @asynccontextmanager
 async def _admitted(core: GatewayCore, context, route: str, effect: str | None = None):
     """Admit the call through the core and map every error once."""
-    metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+    metadata = _metadata(context)
     remaining = context.time_remaining()
     try:
         async with core.admit(
@@ -113,9 +118,8 @@ class EffectsServicer(pb_grpc.EffectsServicer):
         self.core = core
 
     async def List(self, request, context) -> pb.ListEffectsResponse:
-        metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
         try:
-            self.core.auth.identify(key_from_headers(metadata))
+            self.core.auth.identify(key_from_headers(_metadata(context)))
         except Exception as exc:
             await _abort(context, exc)
         return pb.ListEffectsResponse(

@@ -141,7 +141,7 @@ async def measured_admission(queue: int = 4, wait_s: float = 0.05) -> AdaptiveAd
     for i in range(S.min_rtt_samples):
         epoch = await adm.acquire(0.001 * i)
         adm.release(epoch, 0.010, 0.001 * i)
-    assert not adm.limit.measuring
+    assert not adm.controller.measuring
     return adm
 
 
@@ -178,7 +178,7 @@ async def test_while_the_floor_is_measured_a_few_wait_instead_of_being_refused()
     assert [t.done() for t in waiting] == [True, False, False, False]
     # the measurement ends: the limit rises to 16 and every waiter gets a place at once
     for _ in range(S.min_rtt_samples):
-        adm.limit.observe(adm.limit.epoch, 0.010, 0.002)
+        adm.controller.observe(adm.controller.epoch, 0.010, 0.002)
     adm.release(held.pop(), 0.010, 0.003)
     await settle()
     assert all(t.done() for t in waiting)

@@ -186,23 +186,31 @@ async def test_a_bad_snapshot_is_nacked_and_the_last_good_one_keeps_serving(stan
         await asyncio.to_thread(pod.stop)
 
 
-def test_tenfold_up_serves_through_envoy_and_stops_in_order_on_sigterm(quick_repo):
-    cmd = [sys.executable, "-m", "tenfold", "up", "--repository", str(quick_repo)]
-    proc = subprocess.Popen(
+def tenfold_up(repo, *args: str) -> subprocess.Popen:
+    """``tenfold up`` on free ports, its output (stdout and stderr) as text lines."""
+    cmd = [sys.executable, "-m", "tenfold", "up", "--repository", str(repo), *args]
+    return subprocess.Popen(
         [*cmd, "--port", "0", "--grpc-port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+def edge_port(proc: subprocess.Popen, lines: list[str]) -> int:
+    """Read ``proc``'s output into ``lines`` until the edge is ready; its HTTP port."""
+    for line in proc.stdout:
+        lines.append(line)
+        if "edge (Envoy) ready" in line:
+            return int(line.split("http 127.0.0.1:")[1].split(",")[0])
+    raise AssertionError("".join(lines))
+
+
+def test_tenfold_up_serves_through_envoy_and_stops_in_order_on_sigterm(quick_repo):
+    proc = tenfold_up(quick_repo)
     lines: list[str] = []
     try:
-        for line in proc.stdout:
-            lines.append(line)
-            if "edge (Envoy) ready" in line:
-                break
-        else:
-            raise AssertionError("".join(lines))
-        port = int(lines[-1].split("http 127.0.0.1:")[1].split(",")[0])
+        port = edge_port(proc, lines)
         answer = requests.post(f"http://127.0.0.1:{port}/v1/feed", json=FEED, timeout=10)
         assert answer.status_code == 200 and answer.headers["server"] == "envoy"
         proc.send_signal(signal.SIGTERM)
@@ -227,13 +235,7 @@ def test_tenfold_up_keeps_serving_when_a_pod_dies_and_restarts_it(quick_repo):
 
     import psutil
 
-    cmd = [sys.executable, "-m", "tenfold", "up", "--repository", str(quick_repo)]
-    proc = subprocess.Popen(
-        [*cmd, "--pods", "2", "--port", "0", "--grpc-port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = tenfold_up(quick_repo, "--pods", "2")
     lines: list[str] = []
     statuses: list[int] = []
     stop = threading.Event()
@@ -245,13 +247,7 @@ def test_tenfold_up_keeps_serving_when_a_pod_dies_and_restarts_it(quick_repo):
                 statuses.append(session.post(url, json=FEED, timeout=10).status_code)
 
     try:
-        for line in proc.stdout:
-            lines.append(line)
-            if "edge (Envoy) ready" in line:
-                break
-        else:
-            raise AssertionError("".join(lines))
-        port = int(lines[-1].split("http 127.0.0.1:")[1].split(",")[0])
+        port = edge_port(proc, lines)
         pods = [
             c
             for c in psutil.Process(proc.pid).children(recursive=True)
