@@ -93,7 +93,12 @@ class EdgeLimits(Strict):
     stream_idle_timeout_s: float = Field(
         15.0, gt=0, description="a request with no bytes in either direction this long ends"
     )
-    idle_timeout_s: float = Field(60.0, gt=0, description="idle keep-alive connections close")
+    idle_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="a keep-alive connection with no request this long is drained and "
+        "closed (HTTP/1.1: closed after Envoy's 5 s drain period)",
+    )
     rate_limit: RateLimit | None = Field(None, description="local rate limit (None = off)")
 
 

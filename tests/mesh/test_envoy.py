@@ -5,8 +5,10 @@ and a bad mesh file starts nothing."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -239,5 +241,52 @@ def test_tls_at_the_edge_with_a_dev_certificate(edge, tmp_path):
         with pytest.raises(requests.exceptions.ConnectionError):
             requests.post(url.replace("https", "http"), json=INFER, timeout=10)
     finally:
+        envoy.stop()
+        control_plane.stop()
+
+
+def test_the_edge_closes_slow_header_and_idle_keep_alive_connections(edge):
+    """A client that never finishes its headers is cut off after
+    ``request_headers_timeout_s`` (Envoy answers 408), an idle keep-alive connection
+    after ``idle_timeout_s``; 100 such connections do not delay a normal request."""
+    mesh = mesh_file([edge.base[0].endpoint])
+    mesh["edge"] = {"request_headers_timeout_s": 0.5, "idle_timeout_s": 1.0}
+    control_plane = start_control_plane(mesh)
+    envoy = start_envoy("tenfold-edge", "127.0.0.1", control_plane.grpc_port)
+    slow: list[socket.socket] = []
+    try:
+        port = envoy.wait_listeners(["http", "grpc"])["http"]
+        for _ in range(100):
+            conn = socket.create_connection(("127.0.0.1", port), timeout=5)
+            conn.sendall(b"POST /v2/models/scale/infer HTTP/1.1\r\nHost: x\r\n")
+            slow.append(conn)
+        started = time.monotonic()
+        url = f"http://127.0.0.1:{port}/v2/models/scale/infer"
+        assert requests.post(url, json=INFER, timeout=10).status_code == 200
+        assert time.monotonic() - started < 0.4  # answered while the slow ones wait
+        for conn in slow:  # each is answered 408 and closed, none is left open
+            answer = b""
+            while chunk := conn.recv(4096):
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 408"), answer[:40]
+        assert time.monotonic() - started < 3.0
+
+        body = json.dumps(INFER).encode()
+        with socket.create_connection(("127.0.0.1", port), timeout=15) as conn:
+            conn.sendall(
+                b"POST /v2/models/scale/infer HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
+            answer = conn.recv(65536)
+            assert answer.startswith(b"HTTP/1.1 200"), answer[:40]
+            idle = time.monotonic()
+            while conn.recv(65536):  # the rest of the answer, then Envoy's close
+                pass
+            # closed after idle_timeout_s plus Envoy's drain notice period (5 s)
+            assert 0.8 < time.monotonic() - idle < 9.0, time.monotonic() - idle
+    finally:
+        for conn in slow:
+            conn.close()
         envoy.stop()
         control_plane.stop()
