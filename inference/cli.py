@@ -42,6 +42,10 @@ def serve(
             help="Refuse to start if a model fails to load (default on)",
         ),
     ] = None,
+    drain_grace_s: Annotated[
+        float | None,
+        typer.Option(help="On SIGTERM, seconds not ready but still serving (default 1)"),
+    ] = None,
     config: Annotated[Path | None, typer.Option("--config", help="YAML file of settings")] = None,
     ready_file: Annotated[
         Path | None,
@@ -65,6 +69,7 @@ def serve(
             intra_op_threads=intra_op_threads,
             strict_model_load=strict_model_load,
             load_models=load_model or None,
+            drain_grace_s=drain_grace_s,
         )
     except SettingsError as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -62,7 +62,8 @@ class DataPlane:
         self._server_version = server_version
         self._models: dict[str, ModelEntry] = {}
         self._loaded = False
-        self._draining = False
+        self._draining = False  # not ready: balancers send new work elsewhere
+        self._refusing = False  # new inferences are answered UNAVAILABLE
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -97,7 +98,17 @@ class DataPlane:
         return all(v.ready for v in self.served_versions())
 
     def begin_drain(self) -> None:
+        """Not ready from now on; inferences are still served until refuse_new()."""
         self._draining = True
+
+    def refuse_new(self) -> None:
+        """New inferences are answered UNAVAILABLE (retry elsewhere)."""
+        self._draining = True
+        self._refusing = True
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
 
     @property
     def in_flight(self) -> int:
@@ -183,7 +194,7 @@ class DataPlane:
 
         Adapters call it before decoding a body, so a client learns of an unknown or
         unavailable model before any complaint about its tensors."""
-        if self._draining:
+        if self._refusing:
             raise ServerUnavailable("server is shutting down; send the request elsewhere")
         served = self.resolve(name, version)
         if not served.ready:

@@ -1,9 +1,9 @@
 """An inference pod: its listeners, its models, and its start/drain/stop lifecycle.
 
 Start: listeners come up first (live, not ready), then every model loads and runs one
-warm-up inference, then the pod is ready. Stop (SIGTERM): ready turns false, new
-requests are refused, in-flight ones finish within ``drain_timeout_s``, then the
-listeners close.
+warm-up inference, then the pod is ready. Stop (SIGTERM): ready turns false while the
+pod still serves for ``drain_grace_s``, then new requests are refused (503/UNAVAILABLE),
+in-flight ones finish within ``drain_timeout_s``, then the listeners close.
 """
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ from inference.warmup import warmup_inputs
 from servicekit import kserve_grpc
 
 log = logging.getLogger("tenfold.inference")
+
+#: after in-flight work is done, how long the gRPC server gives calls still arriving
+LISTENER_CLOSE_S = 1.0
 
 
 def _server_version() -> str:
@@ -182,20 +185,29 @@ class InferenceServer:
 
     # -- stop --------------------------------------------------------------------------
     async def drain(self) -> None:
-        """Refuse new work, let in-flight requests finish (bounded), close listeners."""
-        timeout = self.settings.drain_timeout_s
+        """Not ready but serving for ``drain_grace_s``; then new inferences are refused
+        UNAVAILABLE (retry elsewhere) while in-flight ones finish (at most
+        ``drain_timeout_s``); only then do the listeners close, so no call on an open
+        connection meets a closing server (grpc core would answer it CANCELLED)."""
+        s = self.settings
         self.dataplane.begin_drain()
         await self._health.enter_graceful_shutdown()
+        if s.drain_grace_s > 0:
+            log.info("draining: not ready, serving %.1f s more", s.drain_grace_s)
+            await asyncio.sleep(s.drain_grace_s)
+        self.dataplane.refuse_new()
+        if not await self.dataplane.wait_idle(s.drain_timeout_s):
+            log.warning(
+                "%d requests still in flight after %.0fs",
+                self.dataplane.in_flight,
+                s.drain_timeout_s,
+            )
         steps = []
         if self._grpc is not None:
-            steps.append(self._grpc.stop(grace=timeout))
+            steps.append(self._grpc.stop(grace=LISTENER_CLOSE_S))
         if self._http_runner is not None:
             steps.append(self._http_runner.cleanup())
         await asyncio.gather(*steps)
-        if not await self.dataplane.wait_idle(timeout):
-            log.warning(
-                "%d requests still in flight after %.0fs", self.dataplane.in_flight, timeout
-            )
         await self.close()
 
     async def close(self) -> None:

@@ -42,6 +42,10 @@ class InferenceSettings(BaseSettings):
     strict_model_load: bool = True
     """Refuse to start when a model cannot be loaded; if false, serve the others and
     report the broken model as not ready."""
+    drain_grace_s: float = Field(1.0, ge=0)
+    """On SIGTERM, how long the pod reports not ready but still serves (HTTP answers
+    carry ``Connection: close``), so balancers that have not yet seen it leave lose
+    nothing; then new requests get 503/UNAVAILABLE."""
     drain_timeout_s: float = Field(30.0, gt=0)
     """On SIGTERM, how long in-flight requests may take to finish."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"

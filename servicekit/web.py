@@ -6,6 +6,7 @@ exception into one. The status table itself lives on the error classes
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -32,6 +33,19 @@ def error_response(exc: TenfoldError) -> web.Response:
     if isinstance(exc, RequestTimeout):
         response.force_close()  # the rest of the body is not coming: drop the connection
     return response
+
+
+def close_while(draining: Callable[[], bool]):
+    """An ``on_response_prepare`` hook: while ``draining()``, every answer carries
+    ``Connection: close``, so keep-alive clients open a new connection for their next
+    request (and find another replica) instead of sending it on one about to close."""
+
+    async def hook(_: web.Request, response: web.StreamResponse) -> None:
+        if draining():
+            response.force_close()  # the server closes the connection after this answer
+            response.headers["Connection"] = "close"  # (the headers are made before this)
+
+    return hook
 
 
 def errors_middleware(log: logging.Logger):

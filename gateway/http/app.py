@@ -22,7 +22,7 @@ from inference.protocol.errors import (
 )
 from inference.protocol.jsondoc import json_object
 from servicekit.validation import validation_message
-from servicekit.web import errors_middleware, json_response
+from servicekit.web import close_while, errors_middleware, json_response
 
 log = logging.getLogger("tenfold.gateway.http")
 CORE = web.AppKey("core", GatewayCore)
@@ -247,21 +247,12 @@ async def openapi(request: web.Request) -> web.Response:
     return json_response(document())
 
 
-async def _close_while_draining(request: web.Request, response: web.StreamResponse) -> None:
-    """Draining, every answer carries ``Connection: close``: keep-alive clients open a
-    new connection for their next request (and find another gateway) instead of
-    sending it on one that is about to close."""
-    if _core(request).draining:
-        response.force_close()  # the server closes the connection after this answer
-        response.headers["Connection"] = "close"  # (the headers are made before this hook)
-
-
 def create_app(core: GatewayCore) -> web.Application:
     app = web.Application(
         middlewares=[errors_middleware(log)], client_max_size=core.settings.max_body_bytes
     )
     app[CORE] = core
-    app.on_response_prepare.append(_close_while_draining)
+    app.on_response_prepare.append(close_while(lambda: core.draining))
     r = app.router
     r.add_post("/v1/feed", feed)
     r.add_post("/v1/events", events)

@@ -10,7 +10,7 @@ from google.protobuf import json_format
 from inference.dataplane import DataPlane
 from inference.protocol.errors import InvalidInput
 from inference.protocol.kserve_http import HEADER_LENGTH, decode_request, encode_response
-from servicekit.web import errors_middleware, json_response
+from servicekit.web import close_while, errors_middleware, json_response
 
 log = logging.getLogger("tenfold.inference.http")
 
@@ -85,6 +85,7 @@ async def infer(request: web.Request) -> web.Response:
 def create_app(dataplane: DataPlane, *, max_request_bytes: int) -> web.Application:
     app = web.Application(client_max_size=max_request_bytes, middlewares=[errors_middleware(log)])
     app[DATAPLANE] = dataplane
+    app.on_response_prepare.append(close_while(lambda: dataplane.draining))
     app.router.add_get("/v2", server_metadata)
     app.router.add_get("/v2/health/live", live)
     app.router.add_get("/v2/health/ready", ready)

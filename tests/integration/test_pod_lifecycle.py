@@ -154,7 +154,7 @@ def test_overload_rejects_excess_at_once(slow_queue_repo):
 
 
 def test_sigterm_drains_in_flight_requests_and_exits_zero(slow_queue_repo):
-    pod = start_pod(slow_queue_repo)
+    pod = start_pod(slow_queue_repo, "--drain-grace-s", "0")
     results, threads = _fire(pod.http_port, 4)
     deadline = time.monotonic() + 10
     while _metric(pod, "tenfold_inference_pending_requests", model="scale") < 4:
@@ -170,7 +170,51 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(slow_queue_repo):
     assert [r[0] for r in results] == [200] * 4, results
     for index, (_, body, _, _) in enumerate(results):
         assert body["outputs"][0]["data"] == [2.0 * v for v in _row(index)]
-    assert late[0][0] in ("refused", 503), late
+    # refused by the dataplane, not by a closing listener: it waits for in-flight work
+    status, body, retry_after, _ = late[0]
+    assert (status, retry_after) == (503, "1"), late
+    assert "shutting down" in body["error"]
+
+
+def _infer_on(conn: http.client.HTTPConnection) -> tuple[int, str | None]:
+    """One ``scale`` inference on ``conn``: (status, its Connection header)."""
+    body = json.dumps(
+        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1.0, 2.0]}]}
+    )
+    conn.request("POST", "/v2/models/scale/infer", body=body)
+    response = conn.getresponse()
+    response.read()
+    return response.status, response.getheader("Connection")
+
+
+# guards README.md, Lifecycle: "ready turns false while the pod still serves for
+# drain_grace_s (answers carry Connection: close), then new requests get 503/UNAVAILABLE"
+def test_sigterm_keeps_serving_not_ready_for_the_grace_window_then_refuses(tmp_path):
+    write_model(tmp_path, "scale", scale(2.0), None)
+    pod = start_pod(tmp_path, "--drain-grace-s", "3")
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", pod.http_port, timeout=10)
+        assert _infer_on(conn) == (200, None)  # a keep-alive connection
+        pod.proc.send_signal(signal.SIGTERM)
+        assert pod.wait_for("draining", timeout=10)
+        signalled = time.monotonic()
+        probe = http.client.HTTPConnection("127.0.0.1", pod.http_port, timeout=10)
+        probe.request("GET", "/v2/health/ready")
+        assert probe.getresponse().status == 503  # balancers take it out...
+        assert _infer_on(conn) == (200, "close")  # ...while it still serves, once more
+        within = time.monotonic() - signalled
+        assert within < 3, f"the checks took {within:.1f} s, longer than the window"
+        while True:  # after the window: refused by the dataplane, or the port closed
+            late: list = [None]
+            _post_scale(pod.http_port, 1.0, late, 0)
+            if late[0][0] != 200:
+                break
+            time.sleep(0.05)
+        assert late[0][0] in (503, "refused"), late
+        assert time.monotonic() - signalled > 2.5
+        assert pod.proc.wait(30) == 0
+    finally:
+        pod.stop()
 
 
 async def _grpc_call(channel, values: list[float]):
@@ -232,19 +276,12 @@ async def test_a_full_queue_is_resource_exhausted_over_grpc_and_503_over_http(sl
 
 
 # guards README.md, the pod's error table: "pod draining, model not ready or broken |
-# 503 + `Retry-After` | UNAVAILABLE", and Lifecycle: "On SIGTERM or SIGINT: ready turns
-# false, the listeners stop accepting, new requests on open connections get
-# 503/UNAVAILABLE, in-flight requests finish"; docs/gateway.md retries "on connection
-# failure, UNAVAILABLE or RESOURCE_EXHAUSTED from a pod" (not on CANCELLED).
-DRAIN_CANCELLED = (
-    "product bug: InferenceServer.drain stops the gRPC server (stop(grace)) at once, so "
-    "grpc core often answers a new call on an open channel CANCELLED, which the gateway "
-    "does not retry, instead of the dataplane's UNAVAILABLE"
-)
-
-
+# 503 + `Retry-After` | UNAVAILABLE"; docs/gateway.md retries "on connection failure,
+# UNAVAILABLE or RESOURCE_EXHAUSTED from a pod" (not on CANCELLED). The gRPC server
+# stops only once in-flight work is done, so a call on an open channel meets the
+# dataplane's UNAVAILABLE, never grpc core's CANCELLED of a closing server.
 async def test_a_draining_pod_answers_new_grpc_calls_unavailable(slow_queue_repo):
-    pod = await asyncio.to_thread(start_pod, slow_queue_repo)
+    pod = await asyncio.to_thread(start_pod, slow_queue_repo, "--drain-grace-s", "0")
     try:
         async with grpc.aio.insecure_channel(pod.grpc) as channel:
             admitted = await _fill_queue(pod, channel)  # keeps the pod draining ~1.5 s
@@ -256,12 +293,8 @@ async def test_a_draining_pod_answers_new_grpc_calls_unavailable(slow_queue_repo
         assert await asyncio.to_thread(pod.proc.wait, 30) == 0
     finally:
         await asyncio.to_thread(pod.stop)
-    if code == grpc.StatusCode.CANCELLED:  # a known product bug, not yet fixed: see above
-        pytest.xfail(DRAIN_CANCELLED)
     assert code == grpc.StatusCode.UNAVAILABLE, (code, details)
-    # the dataplane's answer carries the hint; grpc core's own UNAVAILABLE (the listener
-    # already closing) carries none: both tell the gateway to retry elsewhere
-    assert retry_after in ("1", None), retry_after
+    assert retry_after == "1" and "shutting down" in details, (retry_after, details)
 
 
 def _broken_repo(root):
