@@ -8,7 +8,7 @@ REPO ?= var/model-repository
 PYTEST_ARGS ?=
 PODS ?= 1
 
-.PHONY: prometheus bench-overload bench-feed bench-effects bench-events bench-mesh install run test test-stress lint protos bench-pod bench-gateway bench-peers triton-venv clean
+.PHONY: prometheus bench-memory bench-overload bench-feed bench-effects bench-events bench-mesh install run test test-stress lint protos bench-pod bench-gateway bench-peers triton-venv clean
 
 $(STAMP): pyproject.toml setup.py $(wildcard protos/*/*/*.proto protos/*/*.proto)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -80,6 +80,9 @@ bench-effects: $(STAMP) $(REPO)/.optimized
 # overload: the feed at 1x/1.5x/3x capacity, with the adaptive concurrency limit and without
 bench-overload: $(STAMP) $(REPO)/.optimized
 	$(TENFOLD) loadtest bench overload --repository $(REPO) --out docs/results/bench_overload.json
+
+bench-memory: $(STAMP) $(REPO)/.optimized
+	$(TENFOLD) loadtest bench memory --repository $(REPO) --out docs/results/bench_memory.json
 
 # feedback events: ingestion, the stream processor, lag to the state, feed with/without it
 bench-events: $(STAMP) $(REPO)/.optimized

@@ -121,6 +121,7 @@ class InferenceServer:
             intra_op_threads=s.intra_op_threads,
             graph_optimization=s.graph_optimization,
             allow_spinning=s.allow_spinning,
+            memory_pattern=s.memory_pattern,
         )
         loop = asyncio.get_running_loop()
         loaded: list[LoadedVersion] = []

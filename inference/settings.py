@@ -30,6 +30,11 @@ class InferenceSettings(BaseSettings):
     """ONNX Runtime graph optimisation level (a model's config.pbtxt may override it)."""
     allow_spinning: bool = False
     """Let ONNX Runtime worker threads spin while idle (lower latency, burns CPU)."""
+    memory_pattern: bool = False
+    """ONNX Runtime's memory pattern: a buffer plan kept per input shape. With dynamic
+    shapes (batch size, image size) it keeps one per shape seen: off, a pod serving the
+    effects model stayed ~60 MB smaller (2 instances, batches of 1-4 at 256x256) at the
+    same speed (measured: effects 25.4 vs 24.7 ms, feed models within 2 %)."""
     default_max_batch_size: int = Field(4, ge=0)
     """max_batch_size given to batchable models whose config is auto-completed."""
     max_queue_size: int = Field(0, ge=0)

@@ -112,7 +112,7 @@ def naive_feed(repo: Path, threads: int) -> Iterator[tuple[str, list[int]]]:
         server.stop()
 
 
-def _tree(pids: list[int]) -> list[psutil.Process]:
+def process_tree(pids: list[int]) -> list[psutil.Process]:
     out = []
     for pid in pids:
         try:
@@ -123,7 +123,7 @@ def _tree(pids: list[int]) -> list[psutil.Process]:
     return out
 
 
-def _role(proc: psutil.Process) -> str:
+def role_of(proc: psutil.Process) -> str:
     try:
         line = " ".join(proc.cmdline())
     except psutil.Error:
@@ -149,7 +149,7 @@ def _cpu(procs: list[psutil.Process]) -> dict[int, tuple[str, float]]:
     for proc in procs:
         try:
             times = proc.cpu_times()
-            out[proc.pid] = (_role(proc), times.user + times.system)
+            out[proc.pid] = (role_of(proc), times.user + times.system)
         except psutil.Error:
             pass
     return out
@@ -190,11 +190,11 @@ def measure_rate(
         timeout_s=10,
         p99_budget_ms=p99_budget_ms,
     )
-    before, mine0 = _cpu(_tree(server_pids)), _own_cpu()
+    before, mine0 = _cpu(process_tree(server_pids)), _own_cpu()
     started = time.perf_counter()
     (step,) = run(run_plan, check=False)
     wall = time.perf_counter() - started
-    split = _split(before, _cpu(_tree(server_pids)), wall)
+    split = _split(before, _cpu(process_tree(server_pids)), wall)
     # the generator: this process and its worker, spawned and reaped within run()
     split["generator"] = round((_own_cpu() - mine0) / wall, 2)
     return {

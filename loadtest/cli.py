@@ -394,6 +394,33 @@ def bench_overload(
         module.benchmark(plan, out)
 
 
+@bench.command("memory")
+def bench_memory(
+    repository: Annotated[
+        Path, typer.Option(help="model repository with the default models")
+    ] = Path("var/model-repository"),
+    duration: Annotated[float, typer.Option(help="seconds per phase")] = 10.0,
+    feed_rate: Annotated[float, typer.Option(help="feeds a second in the feed phase")] = 200.0,
+    effects_rate: Annotated[
+        float, typer.Option(help="effects a second in the effects phase")
+    ] = 25.0,
+    out: Annotated[
+        Path | None, typer.Option(help="write JSON results here (and the table as .md)")
+    ] = None,
+) -> None:
+    """RSS of the gateway worker and the pod of the stack make run starts: at rest,
+    under feed and effects load (1280x960 uploads), image bombs and slow clients
+    (docs/benchmarks.md)."""
+    with _exit_2_on_error():
+        _positive(duration=duration, feed_rate=feed_rate, effects_rate=effects_rate)
+        with _loadtest_extra():
+            from loadtest import bench_memory as module
+        plan = module.MemoryBenchPlan(
+            repository, duration_s=duration, feed_rate=feed_rate, effects_rate=effects_rate
+        )
+        module.benchmark(plan, out)
+
+
 @bench.command("events")
 def bench_events(
     repository: Annotated[

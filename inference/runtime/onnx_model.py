@@ -34,6 +34,7 @@ class SessionSettings:
     graph_optimization: str = "all"
     allow_spinning: bool = False
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    memory_pattern: bool = False  # see InferenceSettings.memory_pattern
 
 
 def _session_options(settings: SessionSettings, config_level: int | None) -> ort.SessionOptions:
@@ -41,6 +42,7 @@ def _session_options(settings: SessionSettings, config_level: int | None) -> ort
     opts.intra_op_num_threads = settings.intra_op_threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.enable_mem_pattern = settings.memory_pattern
     level = _CONFIG_GRAPH_LEVELS.get(config_level) if config_level is not None else None
     opts.graph_optimization_level = GRAPH_LEVELS[level or settings.graph_optimization]
     spin = "1" if settings.allow_spinning else "0"

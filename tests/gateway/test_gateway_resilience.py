@@ -9,6 +9,7 @@ hoping that a request is still running when a signal arrives."""
 from __future__ import annotations
 
 import asyncio
+import io
 import shutil
 import signal
 import socket
@@ -26,6 +27,7 @@ import pytest
 import requests
 import tritonclient.http as thttp
 from onnx import helper, numpy_helper
+from PIL import Image
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -714,3 +716,33 @@ def test_an_unusable_request_id_is_replaced_not_a_500(gateway):
         assert answer.json()["request_id"] == answer.headers["x-request-id"]
     good = requests.post(url, json={"user_id": 1}, headers={"x-request-id": "req-42"}, timeout=10)
     assert good.headers["x-request-id"] == "req-42"
+
+
+def _rss_mb(pid: int) -> float:
+    root = psutil.Process(pid)
+    return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)]) / 2**20
+
+
+async def test_truncated_jpegs_claiming_25_mpx_leave_the_gateway_rss_bounded(gateway):
+    # guards docs/gateway.md (Bad input): "a failed decode's buffers are freed at once";
+    # 12 clients posting these took the gateway from ~100 MB to 430 MB before
+    out = io.BytesIO()
+    Image.new("RGB", (5000, 5000), (200, 10, 10)).save(out, format="JPEG", quality=10)
+    bomb = out.getvalue()[:700]  # 700 bytes of a JPEG declaring 25 Mpx
+    url = f"http://{gateway.http}/v1/effects/cartoon?size=256"
+    statuses: dict[int, int] = {}
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        for _ in range(50):
+            async with session.post(url, data=bomb, headers={"content-type": "image/jpeg"}) as a:
+                await a.read()
+                statuses[a.status] = statuses.get(a.status, 0) + 1
+
+    async with aiohttp.ClientSession() as session:
+        await client(session)  # the first ones: what any decode allocates once
+        before = _rss_mb(gateway.pid)
+        await asyncio.gather(*(client(session) for _ in range(12)))
+    grown = _rss_mb(gateway.pid) - before
+    print(f"650 bombs: {statuses}, gateway RSS grew {grown:.1f} MB")
+    assert statuses == {400: 650}
+    assert grown < 40, f"the gateway's RSS grew {grown:.0f} MB over 600 refused images"
