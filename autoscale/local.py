@@ -5,6 +5,11 @@ each loading only its pool's models and (unless told not to) in its own CPU cgro
 start in the background and join the pool (the mesh's endpoint set) only once ready;
 on scale-down a pod leaves the pool first, and is drained (SIGTERM) only after
 ``leave_grace_s``, so no client is still sending to it; its cgroup goes when it exits.
+
+Warm spares (``spares``): that many ready pods are kept outside the pool, loaded and
+warmed but sent nothing, so a scale-up takes them at once instead of waiting for pods
+to start (seconds under a CPU quota); new spares start behind them. On scale-down the
+pods that leave the pool become the spares first. They cost memory, not CPU.
 The only module of the autoscaler that touches processes and cgroups.
 """
 
@@ -47,6 +52,7 @@ class ProviderStatus:
     starting: int
     stopping: int
     failed: int
+    spare: int = 0  # ready, outside the pool
 
 
 @dataclass
@@ -60,7 +66,9 @@ class LocalProvider:
     threads: int = 1
     leave_grace_s: float = 1.0
     extra_args: tuple[str, ...] = ()
+    spares: int = 0
     _pods: list[Pod] = field(default_factory=list)  # ready, in pool order
+    _spare: list[Pod] = field(default_factory=list)  # ready, outside the pool
     _starting: list[Pod] = field(default_factory=list)
     _leaving: list[Pod] = field(default_factory=list)
     _draining: list[Pod] = field(default_factory=list)
@@ -72,37 +80,54 @@ class LocalProvider:
         now = self.clock()
         self._promote(now)
         self._retire(now)
-        wanted = desired - len(self._pods) - len(self._starting)
+        changed = False
+        while len(self._pods) < desired and self._spare:  # spares join at once
+            self._pods.append(self._spare.pop(0))
+            changed = True
+        if len(self._pods) > desired:  # the surplus leaves; the first become spares
+            out, self._pods = self._pods[desired:], self._pods[:desired]
+            changed = True
+            for pod in out:
+                if len(self._spare) < self.spares:
+                    self._spare.append(pod)
+                else:
+                    pod.left_at = now
+                    self._leaving.append(pod)
+        if changed:
+            self._publish()
+        # on the way: what the pool still lacks, plus the spares
+        lacking = desired - len(self._pods) + self.spares - len(self._spare)
+        wanted = lacking - len(self._starting)
         for _ in range(max(0, wanted)):
             self._start(now)
         surplus = -wanted
         while surplus > 0 and self._starting:  # not ready yet: cheapest to drop
             self._drain(self._starting.pop(), now)
             surplus -= 1
-        if surplus > 0 and self._pods:
-            leaving, self._pods = self._pods[-surplus:], self._pods[:-surplus]
-            self._publish()
-            for pod in leaving:
-                pod.left_at = now
-                self._leaving.append(pod)
+        while surplus > 0 and len(self._spare) > self.spares:
+            self._drain(self._spare.pop(), now)
+            surplus -= 1
         return self.status()
 
     def status(self) -> ProviderStatus:
         stopping = len(self._leaving) + len(self._draining)
-        return ProviderStatus(len(self._pods), len(self._starting), stopping, self.failed)
+        return ProviderStatus(
+            len(self._pods), len(self._starting), stopping, self.failed, len(self._spare)
+        )
 
     def ready_members(self) -> list[dict]:
         return [p.process.endpoint for p in self._pods]
 
     def pids(self) -> list[int]:
-        everyone = (*self._pods, *self._starting, *self._leaving, *self._draining)
+        everyone = (*self._pods, *self._spare, *self._starting, *self._leaving, *self._draining)
         return [p.process.pid for p in everyone]
 
     def close(self) -> None:
         """Leave the pool, drain and stop every pod, release their cgroups (the limiter
         itself belongs to whoever made it)."""
-        everyone = [*self._pods, *self._starting, *self._leaving, *self._draining]
-        self._pods, self._starting, self._leaving, self._draining = [], [], [], []
+        everyone = [*self._pods, *self._spare, *self._starting, *self._leaving, *self._draining]
+        self._pods, self._spare, self._starting = [], [], []
+        self._leaving, self._draining = [], []
         try:
             self._publish()
         except OSError as exc:
@@ -132,7 +157,7 @@ class LocalProvider:
         log.info("pod %s starting (pid %d)", name, process.pid)
 
     def _promote(self, now: float) -> None:
-        joined = False
+        """Ready pods become spares; ``reconcile`` moves them into the pool as needed."""
         for pod in list(self._starting):
             process = pod.process
             if process.proc.poll() is not None:
@@ -148,11 +173,8 @@ class LocalProvider:
             if state is not None and state.state == "ready":
                 process.ports = dict(state.ports)
                 self._starting.remove(pod)
-                self._pods.append(pod)
-                joined = True
+                self._spare.append(pod)
                 log.info("pod %s ready after %.1f s", pod.name, now - pod.started)
-        if joined:
-            self._publish()
 
     def _retire(self, now: float) -> None:
         """Left the pool long enough ago: drain. Drained: release. Stuck: kill."""

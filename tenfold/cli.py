@@ -90,6 +90,14 @@ def up(
         float | None,
         typer.Option(help="Autoscale: CPU cores per pod, a cgroup quota (default: no limit)"),
     ] = None,
+    spares: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Autoscale: warm pods kept ready outside each pool, taken at once by a "
+            "scale-up (they cost memory, not CPU)",
+        ),
+    ] = 0,
     events: Annotated[
         bool,
         typer.Option(
@@ -142,7 +150,7 @@ def up(
         if max_pods < pods:
             typer.echo(f"error: --max-pods ({max_pods}) < --pods ({pods})", err=True)
             raise typer.Exit(2)
-        scaling = AutoscaleOptions(targets, max_pods, cpu_per_pod)
+        scaling = AutoscaleOptions(targets, max_pods, cpu_per_pod, spares=spares)
     options = StackOptions(
         repository,
         pods,
@@ -175,6 +183,7 @@ def drill(
     hold: Annotated[float, typer.Option(help="seconds the surge is held")] = 120.0,
     after: Annotated[float, typer.Option(help="seconds of base load after the surge")] = 120.0,
     max_pods: Annotated[int, typer.Option(min=1, help="most pods")] = 20,
+    spares: Annotated[int, typer.Option(min=0, help="warm pods kept ready outside the pool")] = 0,
     report: Annotated[
         Path | None, typer.Option(help="write drill.json and drill.html here")
     ] = None,
@@ -204,6 +213,7 @@ def drill(
         hold_s=hold,
         after_s=after,
         max_pods=max_pods,
+        spares=spares,
     )
     results = run_drill(plan, report)
     typer.echo(json.dumps(results["summary"], indent=2))

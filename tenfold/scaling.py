@@ -39,6 +39,8 @@ class AutoscaleOptions:
     #: CPU cores per pod (a cgroup quota); None: no limit
     cpu_per_pod: float | None = None
     tick_s: float = 2.0
+    #: warm pods kept ready outside each pool, taken at once by a scale-up
+    spares: int = 0
 
 
 def parse_targets(items: list[str]) -> dict[str, float]:
@@ -86,17 +88,28 @@ class ScaledPools:
         self.limiter = CpuLimiter(options.cpu_per_pod) if options.cpu_per_pod else None
         sink = AdminSink(admin)
         self.providers = {
-            pool: LocalProvider(pool, repo, list(models), sink, clock, self.limiter, threads)
+            pool: LocalProvider(
+                pool,
+                repo,
+                list(models),
+                sink,
+                clock,
+                self.limiter,
+                threads,
+                spares=options.spares,
+            )
             for pool, models in PRODUCT_POOLS.items()
         }
         self.autoscalers: dict[str, Autoscaler] = {}
 
     def start(self, timeout_s: float = 300.0) -> None:
-        """Grow every pool to its minimum (pods start side by side) before returning."""
+        """Grow every pool to its minimum, and its spares (pods start side by side),
+        before returning."""
         deadline = self.clock() + timeout_s
         while True:
             statuses = [p.reconcile(self.minimum) for p in self.providers.values()]
-            if all(s.ready >= self.minimum for s in statuses):
+            spares = self.options.spares
+            if all(s.ready >= self.minimum and s.spare >= spares for s in statuses):
                 return
             if self.clock() > deadline:
                 raise LaunchError(f"the pools did not reach {self.minimum} ready pods in time")

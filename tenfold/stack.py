@@ -200,8 +200,12 @@ class Stack:
         self.scaled = ScaledPools(a, o.repo, self.control_plane.http, o.pods, o.threads)
         self.scaled.start()
         limit = f"{a.cpu_per_pod:g} CPU each" if a.cpu_per_pod else "no CPU limit"
+        spares = f", {a.spares} warm spare(s)" if a.spares else ""
         for pool, models in PRODUCT_POOLS.items():
-            say(f"tenfold: pool {pool} ({', '.join(models)}): {o.pods} pod(s) ready ({limit})")
+            say(
+                f"tenfold: pool {pool} ({', '.join(models)}): {o.pods} pod(s) ready "
+                f"({limit}){spares}"
+            )
 
     def stop(self, say=print) -> None:
         """Envoy drains, then the gateway; each pod leaves its pool before it drains."""

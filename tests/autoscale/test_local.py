@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from autoscale.cgroups import CgroupError, CpuLimiter
-from autoscale.local import LocalProvider
+from autoscale.local import LocalProvider, ProviderStatus
 from inference.launch import start_pod
 from mesh.envoy import start_envoy
 from mesh.launch import start_control_plane
@@ -49,10 +49,9 @@ def edge(standard_repo):
         control_plane.stop()
 
 
-def provider_for(edge, repo: Path, limiter=None) -> LocalProvider:
-    return LocalProvider(
-        "pods", repo, MODELS, AdminSink(edge.control_plane.http), time.monotonic, limiter
-    )
+def provider_for(edge, repo: Path, limiter=None, spares: int = 0) -> LocalProvider:
+    sink = AdminSink(edge.control_plane.http)
+    return LocalProvider("pods", repo, MODELS, sink, time.monotonic, limiter, spares=spares)
 
 
 def converge(provider: LocalProvider, desired: int, timeout: float = 90.0):
@@ -88,6 +87,31 @@ def test_the_provider_scales_real_pods_up_and_down_under_load_without_failures(e
     assert provider.failed == 0
     pools = requests.get(f"http://{edge.control_plane.http}/v1/pools", timeout=5).json()
     assert pools["pools"]["pods"]["endpoints"] == []  # close() emptied the pool
+
+
+def test_a_warm_spare_joins_the_pool_at_once_and_a_new_one_starts_behind_it(edge, standard_repo):
+    # guards docs/autoscale.md: "a scale-up takes them at once [...] On scale-down the
+    # pods that leave the pool become the spares first"
+    provider = provider_for(edge, standard_repo, spares=1)
+    settled = lambda ready: ProviderStatus(ready, 0, 0, 0, 1)  # noqa: E731
+    try:
+        wait_until(lambda: provider.reconcile(1) == settled(1), "one pod and one spare", 90)
+        wait_until(lambda: len(edge.hosts()) == 1, "Envoy to have the pool's pod", 5)
+        time.sleep(0.5)
+        assert len(edge.hosts()) == 1  # the spare gets no traffic
+        grown = provider.reconcile(3)
+        # the spare is in the pool in the same call; two more start (one for the pool,
+        # one to be the next spare)
+        assert grown == ProviderStatus(2, 2, 0, 0, 0), grown
+        wait_until(lambda: len(edge.hosts()) == 2, "Envoy to have the spare", 5)
+        wait_until(lambda: provider.reconcile(3) == settled(3), "three pods and a spare", 90)
+        shrunk = provider.reconcile(1)
+        # a spare exists: both pods that leave the pool go (the spare stays warm)
+        assert shrunk == ProviderStatus(1, 0, 2, 0, 1), shrunk
+        assert edge.infer().status_code == 200
+    finally:
+        provider.close()
+    assert provider.failed == 0
 
 
 def test_pods_load_only_the_models_they_are_told_to(standard_repo):
