@@ -35,13 +35,16 @@ def heavy_gateway(tmp_path_factory):
     repo = tmp_path_factory.mktemp("heavy")
     write_model(repo, "heavy", heavy(width=WIDTH, layers=4, expand=1280), NO_BATCHING)
     pod = start_pod(repo)
-    pool = {"endpoints": [{"grpc": pod.grpc, "http": pod.http}], "models": ["heavy"]}
-    gateway = start_gateway(
-        gateway_config(repo, [pod], pools={"default": pool}, feed={"assets_dir": None})
-    )
-    yield f"http://{gateway.http}/v2/models/heavy/infer"
-    gateway.stop()
-    pod.stop()
+    try:
+        pool = {"endpoints": [{"grpc": pod.grpc, "http": pod.http}], "models": ["heavy"]}
+        config = gateway_config(repo, [pod], pools={"default": pool}, feed={"assets_dir": None})
+        gateway = start_gateway(config)
+        try:
+            yield f"http://{gateway.http}/v2/models/heavy/infer"
+        finally:
+            gateway.stop()
+    finally:
+        pod.stop()
 
 
 async def _post(session: aiohttp.ClientSession, url: str) -> tuple[int, float]:
