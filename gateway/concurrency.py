@@ -17,7 +17,7 @@ The controller measures instead:
 
    Latency above the allowance shrinks the limit (down to half per window); latency
    near the floor grows it. The ``sqrt`` headroom keeps a little queue so the pod's
-   batches stay full.
+   batches stay full (``headroom: none`` drops it).
 
 The first measurement is at start: until ``min_rtt_samples`` requests have finished, a
 route admits ``min_limit`` at a time. (Measured unpinned, under a load that arrives
@@ -37,6 +37,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -57,6 +58,12 @@ class GradientSettings(BaseModel):
     )
     percentile: float = Field(50, gt=0, le=100, description="latency percentile compared")
     buffer: float = Field(1.0, ge=0, description="latency allowed above min_rtt (1 = +100%)")
+    headroom: Literal["sqrt", "none"] = Field(
+        "sqrt",
+        description="added to the limit each window: sqrt(limit) (Envoy's; a little queue "
+        "keeps batches full) or none (on pods that run one request at a time the limit "
+        "settles near 1 + buffer, so admitted latency stays near the allowance)",
+    )
     min_rtt_interval_s: float = Field(60, gt=0, description="how often min_rtt is re-measured")
     min_rtt_samples: int = Field(25, ge=1, description="requests measured for min_rtt")
     jitter: float = Field(0.15, ge=0, lt=1, description="random share of the interval")
@@ -131,7 +138,8 @@ class GradientLimit:
         allowed = self.min_rtt_s * (1.0 + s.buffer)
         gradient = min(2.0, max(0.5, allowed / max(sample_rtt, 1e-9)))
         limit = self.limit_f * gradient
-        limit += math.sqrt(limit)
+        if s.headroom == "sqrt":
+            limit += math.sqrt(limit)
         self.limit_f = min(float(s.max_limit), max(float(s.min_limit), limit))
         self._at_min = self._at_min + 1 if int(self.limit_f) <= s.min_limit else 0
         if self._at_min >= s.min_windows_to_remeasure:

@@ -100,9 +100,9 @@ def test_a_warm_spare_joins_the_pool_at_once_and_a_new_one_starts_behind_it(edge
         time.sleep(0.5)
         assert len(edge.hosts()) == 1  # the spare gets no traffic
         grown = provider.reconcile(3)
-        # the spare is in the pool in the same call; two more start (one for the pool,
-        # one to be the next spare)
-        assert grown == ProviderStatus(2, 2, 0, 0, 0), grown
+        # the spare is in the pool in the same call; one more starts for the pool (the
+        # next spare only once the pool is whole)
+        assert grown == ProviderStatus(2, 1, 0, 0, 0), grown
         wait_until(lambda: len(edge.hosts()) == 2, "Envoy to have the spare", 5)
         wait_until(lambda: provider.reconcile(3) == settled(3), "three pods and a spare", 90)
         shrunk = provider.reconcile(1)

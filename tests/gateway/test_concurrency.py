@@ -64,6 +64,19 @@ def test_latency_near_the_floor_grows_the_limit_by_the_gradient_and_headroom():
     assert limit.limit == int(grown + math.sqrt(grown))
 
 
+def test_without_headroom_a_one_at_a_time_backend_settles_at_one_plus_buffer():
+    # a pod that serves one request at a time: latency = limit x 10 ms
+    settings = S.model_copy(update={"headroom": "none", "min_limit": 1})
+    limit, now = measured(0.010, settings)
+    for _ in range(30):
+        now = window(limit, now, 0.010 * limit.limit)
+    assert limit.limit == 2  # (1 + buffer): admitted latency within 2x the floor
+    sqrt_limit, now = measured(0.010, S.model_copy(update={"min_limit": 1}))
+    for _ in range(30):
+        now = window(sqrt_limit, now, 0.010 * sqrt_limit.limit)
+    assert sqrt_limit.limit >= 3  # Envoy's sqrt headroom keeps a queue on such a pod
+
+
 def test_latency_over_the_allowance_shrinks_the_limit_at_most_by_half():
     limit, now = measured(0.010)
     now = window(limit, now, 0.040)  # gradient 20 / 40 = 0.5
