@@ -8,8 +8,9 @@ on scale-down a pod leaves the pool first, and is drained (SIGTERM) only after
 
 Warm spares (``spares``): that many ready pods are kept outside the pool, loaded and
 warmed but sent nothing, so a scale-up takes them at once instead of waiting for pods
-to start (seconds under a CPU quota); new spares start once the pool is whole. On scale-down the
-pods that leave the pool become the spares first. They cost memory, not CPU.
+to start (seconds under a CPU quota); new spares start once the pool is whole. On
+scale-down the pods that leave the pool become the spares first. They cost memory,
+not CPU.
 The only module of the autoscaler that touches processes and cgroups.
 """
 
@@ -97,7 +98,7 @@ class LocalProvider:
             self._publish()
         # on the way: what the pool still lacks; new spares only once it is whole (pods
         # starting side by side slow each other and the ones serving: in a drill with
-        # two spares, ten starting at once left the three serving ~4 req/s of 13.5)
+        # two spares, seven starting at once left the three serving 0-5 req/s of 13.5)
         lacking = desired - len(self._pods)
         if lacking <= 0:
             lacking = self.spares - len(self._spare)

@@ -24,7 +24,6 @@ pod), one stream processor.
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 import threading
@@ -40,7 +39,7 @@ import requests
 from gateway.events.launch import start_processor
 from gateway.launch import gateway_config, start_gateway
 from inference.launch import start_pod
-from loadtest.bench_feed import load, measure_rate
+from loadtest.bench_feed import feed_items, load, measure_rate
 from loadtest.bench_peers import ladder, publish, setup
 from loadtest.scenarios import ScenarioSpec
 from loadtest.targets import LoadTestError
@@ -155,7 +154,7 @@ def lag_samples(gateway_http: str, client: redis.Redis, samples: int) -> list[fl
 
 def measure(plan: EventsBenchPlan) -> dict:
     repo = plan.repository.resolve()
-    items = int(json.loads((repo / "feed_user_tower" / "feed_assets.json").read_text())["items"])
+    items = feed_items(repo)
     results: dict = {}
     with tempfile.TemporaryDirectory(prefix="tenfold-bench-events-") as data:
         server = start_redis(Path(data), fsync="always")
@@ -249,8 +248,7 @@ def table(results: dict, plan: EventsBenchPlan) -> str:
 
 
 def benchmark(plan: EventsBenchPlan, out: Path | None = None) -> dict:
-    if not (plan.repository / "feed_user_tower" / "feed_assets.json").is_file():
-        raise LoadTestError(f"{plan.repository} has no feed models: run tenfold models build")
+    feed_items(plan.repository)  # refuses a repository without feed models, up front
     started = time.time()
     results = measure(plan)
     results["setup"] = setup(

@@ -61,6 +61,15 @@ class FeedBenchPlan:
         return ladder(self.start_rate, self.factor, self.top_rate)
 
 
+def feed_items(repo: Path) -> int:
+    """Items in the default build's feed catalogue (its ``feed_assets.json``); a
+    LoadTestError when ``repo`` has no feed models."""
+    manifest = repo / "feed_user_tower" / "feed_assets.json"
+    if not manifest.is_file():
+        raise LoadTestError(f"{repo} has no feed models: run tenfold models build")
+    return int(json.loads(manifest.read_text())["items"])
+
+
 def _wait_ready(url: str, proc: subprocess.Popen, timeout_s: float = 300.0) -> None:
     end = time.monotonic() + timeout_s
     while time.monotonic() < end:
@@ -253,8 +262,7 @@ def limit(repo: Path, seconds: float, history: int, processes: int, form: str) -
 
 def measure(plan: FeedBenchPlan) -> dict:
     repo = plan.repository.resolve()
-    assets = json.loads((repo / "feed_user_tower" / "feed_assets.json").read_text())
-    items = int(assets["items"])
+    items = feed_items(repo)
     cores = os.cpu_count() or 1
     results: dict = {"stages": {}, "servers": {}}
     for form in ("day-one", "served"):
@@ -355,8 +363,7 @@ def table(results: dict, plan: FeedBenchPlan) -> str:
 
 
 def benchmark(plan: FeedBenchPlan, out: Path | None = None) -> dict:
-    if not (plan.repository / "feed_user_tower" / "feed_assets.json").is_file():
-        raise LoadTestError(f"{plan.repository} has no feed models: run tenfold models build")
+    feed_items(plan.repository)  # refuses a repository without feed models, up front
     started = time.time()
     results = measure(plan)
     results["setup"] = setup(

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import sys
 import threading
 import time
@@ -35,10 +34,15 @@ from pathlib import Path
 import psutil
 from PIL import Image
 
-from loadtest.bench_feed import make_run_stack, measure_rate, process_tree, role_of
+from loadtest.bench_feed import (
+    feed_items,
+    make_run_stack,
+    measure_rate,
+    process_tree,
+    role_of,
+)
 from loadtest.bench_peers import publish, setup
 from loadtest.scenarios import ScenarioSpec
-from loadtest.targets import LoadTestError
 
 MB = 1 << 20
 GOALS = {"gateway": 150.0}  # MB; the pod's goal is its models + POD_HEADROOM_MB
@@ -173,8 +177,7 @@ def models_mb(repo: Path) -> float:
 
 def measure(plan: MemoryBenchPlan) -> dict:
     repo = plan.repository.resolve()
-    assets = json.loads((repo / "feed_user_tower" / "feed_assets.json").read_text())
-    feed = ScenarioSpec("feed", feed_history=5, items=int(assets["items"]))
+    feed = ScenarioSpec("feed", feed_history=5, items=feed_items(repo))
     effects = ScenarioSpec("effects", image_size=256, photo_sizes=(plan.upload,))
     probes: dict = {}
     with make_run_stack(repo, 1) as (address, pids):
@@ -249,8 +252,7 @@ def table(results: dict) -> str:
 
 
 def benchmark(plan: MemoryBenchPlan, out: Path | None = None) -> dict:
-    if not (plan.repository / "feed_user_tower" / "feed_assets.json").is_file():
-        raise LoadTestError(f"{plan.repository} has no feed models: run tenfold models build")
+    feed_items(plan.repository)  # refuses a repository without feed models, up front
     started = time.time()
     results = measure(plan)
     results["setup"] = setup(

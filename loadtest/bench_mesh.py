@@ -21,7 +21,6 @@ the CPU seconds of Envoy, the gateway, the pod and the generator are read per ru
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import time
@@ -33,7 +32,7 @@ import requests
 
 from gateway.launch import DEFAULT_MODELS, gateway_config, start_gateway
 from inference.launch import start_pod
-from loadtest.bench_feed import measure_rate
+from loadtest.bench_feed import feed_items, measure_rate
 from loadtest.bench_peers import check_parity, ladder, limit, publish, sample, setup, workloads
 from loadtest.bench_peers import load as load_infer
 from loadtest.peers import served_model
@@ -200,13 +199,13 @@ def endpoint_changes(stack: MeshStack, repo: Path, plan: MeshBenchPlan) -> dict:
 
 def measure(plan: MeshBenchPlan) -> dict:
     repo = plan.repository.resolve()
-    assets = json.loads((repo / "feed_user_tower" / "feed_assets.json").read_text())
+    items = feed_items(repo)
     results: dict = {}
     with mesh_stack(repo) as stack:
         print("endpoint change -> first request there", file=sys.stderr, flush=True)
         results["endpoint_change"] = endpoint_changes(stack, repo, plan)
         print("edge overhead on /v1/feed", file=sys.stderr, flush=True)
-        results["edge_overhead"] = edge_overhead(stack, plan, int(assets["items"]))
+        results["edge_overhead"] = edge_overhead(stack, plan, items)
         print("KServe v2 pass-through", file=sys.stderr, flush=True)
         results["passthrough"] = passthrough(stack, repo, plan)
     return results

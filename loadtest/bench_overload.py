@@ -22,13 +22,12 @@ feed scenario of ``tenfold loadtest`` (loadtest/scenarios.py), one open-loop pro
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from loadtest.bench_feed import load, make_run_stack, measure_rate
+from loadtest.bench_feed import feed_items, load, make_run_stack, measure_rate
 from loadtest.bench_peers import ladder, publish, setup
 from loadtest.scenarios import ScenarioSpec
 from loadtest.targets import LoadTestError
@@ -85,8 +84,7 @@ def _step(row: dict, capacity: float, multiple: float) -> dict:
 
 def measure(plan: OverloadBenchPlan) -> dict:
     repo = plan.repository.resolve()
-    assets = json.loads((repo / "feed_user_tower" / "feed_assets.json").read_text())
-    spec = ScenarioSpec("feed", feed_history=plan.history, items=int(assets["items"]))
+    spec = ScenarioSpec("feed", feed_history=plan.history, items=feed_items(repo))
     results: dict = {"stacks": {}}
     fixed = "fixed max_inflight only"
     with make_run_stack(repo, 1, STACKS[fixed]) as (address, pids):
@@ -138,8 +136,7 @@ def table(results: dict, plan: OverloadBenchPlan) -> str:
 
 
 def benchmark(plan: OverloadBenchPlan, out: Path | None = None) -> dict:
-    if not (plan.repository / "feed_user_tower" / "feed_assets.json").is_file():
-        raise LoadTestError(f"{plan.repository} has no feed models: run tenfold models build")
+    feed_items(plan.repository)  # refuses a repository without feed models, up front
     started = time.time()
     results = measure(plan)
     results["setup"] = setup(
