@@ -11,6 +11,10 @@ warmed but sent nothing, so a scale-up takes them at once instead of waiting for
 to start (seconds under a CPU quota); new spares start once the pool is whole. On
 scale-down the pods that leave the pool become the spares first. They cost memory,
 not CPU.
+
+Start-up boost (``startup_cpu``): a pod starts under that quota, at a low weight (it
+takes what the serving path leaves idle), and is settled to its own quota once ready,
+before it serves (an effects pod: 5 s to ready under 0.15 CPU, 0.8 s without a quota).
 The only module of the autoscaler that touches processes and cgroups.
 """
 
@@ -68,6 +72,8 @@ class LocalProvider:
     leave_grace_s: float = 1.0
     extra_args: tuple[str, ...] = ()
     spares: int = 0
+    #: cores of quota while a pod starts (None: its own quota from the start)
+    startup_cpu: float | None = None
     _pods: list[Pod] = field(default_factory=list)  # ready, in pool order
     _spare: list[Pod] = field(default_factory=list)  # ready, outside the pool
     _starting: list[Pod] = field(default_factory=list)
@@ -152,7 +158,10 @@ class LocalProvider:
         process = launch(cmd, f"pod {name}", wait=False)
         if self.limiter is not None:
             try:
-                self.limiter.limit(process.pid, name)
+                if self.startup_cpu is None:
+                    self.limiter.limit(process.pid, name)
+                else:
+                    self.limiter.start(process.pid, name, self.startup_cpu)
             except OSError as exc:
                 log.error("pod %s: cannot set its CPU limit: %s", name, exc)
                 process.stop(5)
@@ -178,6 +187,14 @@ class LocalProvider:
             if state is not None and state.state == "ready":
                 process.ports = dict(state.ports)
                 self._starting.remove(pod)
+                if self.limiter is not None and self.startup_cpu is not None:
+                    try:
+                        self.limiter.settle(pod.name, process.pid)  # the boost ends first
+                    except OSError as exc:
+                        log.error("pod %s: cannot settle its CPU limit: %s", pod.name, exc)
+                        self.failed += 1
+                        self._stop(pod)
+                        continue
                 self._spare.append(pod)
                 log.info("pod %s ready after %.1f s", pod.name, now - pod.started)
 

@@ -28,6 +28,7 @@ from inference.metrics import InferenceMetrics
 from inference.repository.errors import RepositoryError
 from inference.repository.loader import LoadedVersion, load_model, model_dirs
 from inference.runtime.batcher import DynamicBatcher
+from inference.runtime.cpu import CpuBudget
 from inference.runtime.onnx_model import OnnxModel, SessionSettings
 from inference.settings import InferenceSettings
 from inference.warmup import warmup_inputs
@@ -64,6 +65,8 @@ class InferenceServer:
         self._health = health.aio.HealthServicer()
         self._executor: ThreadPoolExecutor | None = None
         self._batchers: list[DynamicBatcher] = []
+        #: the CPU quota and overhead the batchers judge their pace by (one per pod)
+        self._cpu = CpuBudget()
         self.ports: BoundPorts | None = None
 
     # -- start -------------------------------------------------------------------------
@@ -176,6 +179,7 @@ class InferenceServer:
             policy=spec.batching,
             queue_cap=self.settings.max_queue_size,
             observer=observer,
+            budget=self._cpu,
         )
         batcher.start()
         self._batchers.append(batcher)

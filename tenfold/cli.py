@@ -98,6 +98,14 @@ def up(
             "scale-up (they cost memory, not CPU)",
         ),
     ] = 0,
+    startup_cpu: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Autoscale: CPU cores of quota while a pod starts, settled to "
+            "--cpu-per-pod once it is ready (0: --cpu-per-pod from the start)",
+        ),
+    ] = 1.0,
     events: Annotated[
         bool,
         typer.Option(
@@ -150,7 +158,9 @@ def up(
         if max_pods < pods:
             typer.echo(f"error: --max-pods ({max_pods}) < --pods ({pods})", err=True)
             raise typer.Exit(2)
-        scaling = AutoscaleOptions(targets, max_pods, cpu_per_pod, spares=spares)
+        scaling = AutoscaleOptions(
+            targets, max_pods, cpu_per_pod, spares=spares, startup_cpu=startup_cpu or None
+        )
     options = StackOptions(
         repository,
         pods,
@@ -184,6 +194,14 @@ def drill(
     after: Annotated[float, typer.Option(help="seconds of base load after the surge")] = 120.0,
     max_pods: Annotated[int, typer.Option(min=1, help="most pods")] = 20,
     spares: Annotated[int, typer.Option(min=0, help="warm pods kept ready outside the pool")] = 0,
+    startup_cpu: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="CPU cores of quota while a pod starts, settled to --cpu-per-pod once it "
+            "is ready (0: --cpu-per-pod from the start)",
+        ),
+    ] = 1.0,
     report: Annotated[
         Path | None, typer.Option(help="write drill.json and drill.html here")
     ] = None,
@@ -214,6 +232,7 @@ def drill(
         after_s=after,
         max_pods=max_pods,
         spares=spares,
+        startup_cpu=startup_cpu or None,
     )
     results = run_drill(plan, report)
     typer.echo(json.dumps(results["summary"], indent=2))

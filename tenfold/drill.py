@@ -48,6 +48,8 @@ class DrillPlan:
     after_s: float = 120.0
     max_pods: int = 20
     spares: int = 0
+    #: cores of quota while a pod starts (None: ``cpu_per_pod`` from the start)
+    startup_cpu: float | None = 1.0
     scale_down_delay_s: float = 60.0
     calibrate_s: float = 8.0
 
@@ -220,7 +222,13 @@ def drill(plan: DrillPlan, report: Path | None = None) -> dict:
     budget = BUDGET_MS[plan.scenario]
     pool = plan.scenario  # the pool serving the scenario's product
     targets = {**DEFAULT_TARGETS, pool: plan.pod_capacity or DEFAULT_TARGETS[pool]}
-    scaling = AutoscaleOptions(targets, plan.max_pods, plan.cpu_per_pod, spares=plan.spares)
+    scaling = AutoscaleOptions(
+        targets,
+        plan.max_pods,
+        plan.cpu_per_pod,
+        spares=plan.spares,
+        startup_cpu=plan.startup_cpu,
+    )
     stack = Stack(StackOptions(plan.repository, port=0, grpc_port=0, autoscale=scaling))
     stack.start(say=lambda text, end="\n": print(text, end=end, file=sys.stderr, flush=True))
     try:

@@ -41,6 +41,9 @@ class AutoscaleOptions:
     tick_s: float = 2.0
     #: warm pods kept ready outside each pool, taken at once by a scale-up
     spares: int = 0
+    #: cores of quota while a pod starts, settled to ``cpu_per_pod`` once it is ready
+    #: (None: ``cpu_per_pod`` from the start)
+    startup_cpu: float | None = 1.0
 
 
 def parse_targets(items: list[str]) -> dict[str, float]:
@@ -97,6 +100,7 @@ class ScaledPools:
                 self.limiter,
                 threads,
                 spares=options.spares,
+                startup_cpu=options.startup_cpu,
             )
             for pool, models in PRODUCT_POOLS.items()
         }

@@ -9,7 +9,12 @@ preferred size is reached. Requests carrying several rows count as several rows.
 The queue is bounded (``max_queue_size`` requests) and each request may have a queue
 timeout: excess and expired requests fail at once with ``Overloaded``. A request with
 a deadline is refused at submit when the queue cannot serve it in time, and shed at
-dispatch when its batch would end past it (``Overloaded`` again). A caller that
+dispatch when its batch would end past it (``Overloaded`` again). Under a CPU quota
+the estimate is no faster than the quota allows: each row's CPU seconds (measured in
+the thread that runs it, times the pod's overhead: ``inference.runtime.cpu``) over the
+quota's cores, since a pod's warm-up and its first
+rows can run on unspent quota (or a start-up boost) at several times the pace it can
+keep. A caller that
 goes away (cancelled) is skipped. Nothing waits forever: on ``stop`` every queued
 request fails with ``ServerUnavailable``.
 """
@@ -26,7 +31,7 @@ import numpy as np
 
 from inference.protocol.errors import Overloaded, ServerUnavailable
 from inference.repository.spec import BatchingPolicy
-from inference.runtime.cpu import cpu_limit
+from inference.runtime.cpu import CpuBudget
 from inference.runtime.onnx_model import BatchResult
 
 
@@ -83,10 +88,11 @@ class DynamicBatcher:
         policy: BatchingPolicy | None,
         queue_cap: int = 0,
         observer: BatchObserver | None = None,
-        cpu_limit: Callable[[], float | None] = cpu_limit,
+        budget: CpuBudget | None = None,
     ) -> None:
         """``policy`` None: no dynamic batching, each request runs as its own batch.
-        ``queue_cap`` > 0 bounds the queue when the config sets no max_queue_size."""
+        ``queue_cap`` > 0 bounds the queue when the config sets no max_queue_size.
+        ``budget``: the pod's CPU quota and overhead, shared by its batchers."""
         self._execute = execute
         self._slots = asyncio.Semaphore(max(1, instances))
         self._merge = policy is not None and max_batch_size > 0
@@ -101,12 +107,11 @@ class DynamicBatcher:
         self._running: set[asyncio.Task] = set()
         self._loop = asyncio.get_running_loop()
         self._instances = max(1, instances)
-        #: instances that really run side by side: no more than the CPU quota's cores
-        self._parallel = self._instances
-        self._parallel_checked = -1e9
-        self._cpu_limit = cpu_limit  # cores of the process's CPU quota (None: no quota)
+        self._budget = budget or CpuBudget()  # the quota, and the pod's CPU overhead
         #: seconds of one instance per row (moving average over executed batches)
         self._row_s: float | None = None
+        #: CPU seconds per row (moving average; None: not measured)
+        self._cpu_row_s: float | None = None
         self._running_rows = 0
 
     # -- lifecycle -------------------------------------------------------------------
@@ -137,18 +142,24 @@ class DynamicBatcher:
         if self._row_s is None:
             return None
         queued = sum(p.rows for p in self._queue if p.alive())
-        return (queued + self._running_rows + rows) * self._row_s / self._parallel_now()
+        return (queued + self._running_rows + rows) * self._pace_s()
+
+    def _pace_s(self) -> float:
+        """Seconds per row the pod keeps up, all instances together: the measured wall
+        time per row over the instances that run side by side, and under a CPU quota no
+        less than the CPU per row over the quota's cores."""
+        assert self._row_s is not None
+        pace = self._row_s / self._parallel_now()
+        limit = self._budget.limit()
+        if limit is not None and self._cpu_row_s is not None:
+            pace = max(pace, self._cpu_row_s * self._budget.overhead / limit)
+        return pace
 
     def _parallel_now(self) -> int:
-        """Instances that run in parallel, re-read every few seconds (a pod can be put
-        under a quota after it starts)."""
-        now = self._loop.time()
-        if now - self._parallel_checked > 5.0:
-            self._parallel_checked = now
-            limit = self._cpu_limit()
-            cores = self._instances if limit is None else max(1, int(limit))
-            self._parallel = min(self._instances, cores)
-        return self._parallel
+        """Instances that run in parallel: no more than the quota's cores."""
+        limit = self._budget.limit()
+        cores = self._instances if limit is None else max(1, int(limit))
+        return min(self._instances, cores)
 
     async def submit(
         self,
@@ -299,6 +310,8 @@ class DynamicBatcher:
         if pending.deadline is None:
             return False
         ends = now + batch_rows * (self._row_s or 0.0)
+        if self._row_s is not None:  # with the rows running, at the pace the quota allows
+            ends = max(ends, now + (self._running_rows + batch_rows) * self._pace_s())
         if ends <= pending.deadline:
             return False
         late_ms = (ends - pending.deadline) * 1000
@@ -332,6 +345,10 @@ class DynamicBatcher:
             result = await self._execute([p.inputs for p in batch], [p.rows for p in batch])
             per_row = (self._loop.time() - started) / rows
             self._row_s = per_row if self._row_s is None else 0.8 * self._row_s + 0.2 * per_row
+            if result.cpu_s is not None:
+                self._budget.charge(result.cpu_s)
+                cpu, last = result.cpu_s / rows, self._cpu_row_s
+                self._cpu_row_s = cpu if last is None else 0.8 * last + 0.2 * cpu
         except Exception as exc:
             self._running_rows -= rows
             if len(batch) == 1:

@@ -77,6 +77,9 @@ def describe(session: ort.InferenceSession) -> ModelIO:
 class BatchResult:
     outputs: list[dict[str, np.ndarray]]
     compute_s: float
+    #: CPU seconds of the run in its calling thread (ONNX Runtime runs a one-thread
+    #: session there; a larger intra-op pool's threads are not counted). None: unknown
+    cpu_s: float | None = None
 
 
 class OnnxModel:
@@ -123,7 +126,7 @@ class OnnxModel:
                 lead = (merged.shape[0],) if spec.batched else ()
                 merged = merged.reshape(lead + tensor.reshape)
             feed[tensor.name] = merged
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.thread_time()
         try:
             results = session.run(self._output_names, feed)
         except ORT_INVALID_ARGUMENT as exc:  # e.g. an id past a table (Gather)
@@ -132,6 +135,7 @@ class OnnxModel:
                 f"model '{spec.name}': ONNX Runtime refused an input: {reason}"
             ) from None
         compute_s = time.perf_counter() - start
+        cpu_s = time.thread_time() - cpu_start
         by_name = {}
         total = sum(rows)
         for tensor, value in zip(spec.outputs, results, strict=True):
@@ -140,7 +144,7 @@ class OnnxModel:
                 value = value.reshape(lead + tensor.dims)
             by_name[tensor.name] = value
         if len(parts) == 1:
-            return BatchResult([by_name], compute_s)
+            return BatchResult([by_name], compute_s, cpu_s)
         bounds = np.cumsum(rows)[:-1]
         split = {name: np.split(value, bounds, axis=0) for name, value in by_name.items()}
         for name, value in by_name.items():
@@ -148,4 +152,5 @@ class OnnxModel:
                 raise RuntimeError(
                     f"output '{name}' has shape {list(value.shape)}; expected {total} rows"
                 )
-        return BatchResult([{n: split[n][i] for n in split} for i in range(len(parts))], compute_s)
+        outputs = [{n: split[n][i] for n in split} for i in range(len(parts))]
+        return BatchResult(outputs, compute_s, cpu_s)
