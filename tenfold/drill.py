@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import requests
+
 from autoscale.policy import PolicySettings
 from loadtest.bench_peers import ladder
 from loadtest.recorder import Interval
@@ -69,6 +71,8 @@ class Second:
     ready: int
     capacity: float
     decision: str = ""
+    #: every status seen this second (HTTP code, or the client's error name) -> count
+    statuses: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -106,6 +110,7 @@ class Recorder:
             ready=status.ready,
             capacity=round(status.ready * self.pod_capacity, 1),
             decision=last.reason if (last := autoscaler.state.last) else "",
+            statuses=dict(interval.statuses),
         )
         self.rows.append(row)
         (self.show or print_line)(row)
@@ -271,6 +276,7 @@ def drill(plan: DrillPlan, report: Path | None = None) -> dict:
             "plan": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(plan).items()},
             "summary": summary(recorder.rows, recorder.phases, capacity),
             "phases": recorder.phases,
+            "gateway": gateway_counts(f"http://{stack.gateway.http}/metrics"),
             "seconds": [asdict(r) for r in recorder.rows],
         }
     finally:
@@ -280,6 +286,31 @@ def drill(plan: DrillPlan, report: Path | None = None) -> dict:
         (report / "drill.json").write_text(json.dumps(results, indent=1))
         write_html(results, report / "drill.html")
     return results
+
+
+def gateway_counts(url: str) -> dict[str, float]:
+    """The gateway's own account of the drill (its counters by label: answers by code,
+    refusals by reason, upstream retries and ejections); {} when it cannot be read."""
+    try:
+        text = requests.get(url, timeout=5).text
+    except requests.RequestException:
+        return {}
+    return counts_in(text)
+
+
+def counts_in(text: str) -> dict[str, float]:
+    """``gateway_counts`` of a /metrics page: ``"shed reason=concurrency route=effects"``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    wanted = ("requests", "shed", "upstream_retries", "upstream_ejections")
+    return {
+        f"{family.name.removeprefix('tenfold_gateway_')} "
+        + " ".join(f"{k}={v}" for k, v in sorted(sample.labels.items()) if v): sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name.removeprefix("tenfold_gateway_") in wanted
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    }
 
 
 def write_html(results: dict, path: Path) -> None:

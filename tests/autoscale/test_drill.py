@@ -47,3 +47,20 @@ def test_bad_drill_arguments_exit_2_before_anything_starts(args, needle):
     result = CliRunner().invoke(app, ["drill", *args])
     assert result.exit_code == 2
     assert needle in result.output
+
+
+def test_the_report_keeps_the_gateways_counts_by_label():
+    from prometheus_client import CollectorRegistry, Counter, generate_latest
+
+    from gateway.metrics import GatewayMetrics
+    from tenfold.drill import counts_in
+
+    registry = CollectorRegistry()
+    metrics = GatewayMetrics(registry)
+    metrics.shed.labels("effects", "concurrency").inc(3)
+    metrics.requests.labels("effects", "503", "").inc(2)
+    Counter("other_total", "not the gateway's", registry=registry).inc()
+    counts = counts_in(generate_latest(registry).decode())
+    assert counts["shed reason=concurrency route=effects"] == 3
+    assert counts["requests code=503 route=effects"] == 2
+    assert not any(key.startswith("other") for key in counts)
