@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from autoscale.policy import PolicySettings
 from loadtest.bench_peers import ladder
@@ -300,8 +301,6 @@ def gateway_counts(url: str) -> dict[str, float]:
 
 def counts_in(text: str) -> dict[str, float]:
     """``gateway_counts`` of a /metrics page: ``"shed reason=concurrency route=effects"``."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     wanted = ("requests", "shed", "upstream_retries", "upstream_ejections")
     return {
         f"{family.name.removeprefix('tenfold_gateway_')} "

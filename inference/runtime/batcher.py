@@ -12,10 +12,9 @@ a deadline is refused at submit when the queue cannot serve it in time, and shed
 dispatch when its batch would end past it (``Overloaded`` again). Under a CPU quota
 the estimate is no faster than the quota allows: each row's CPU seconds (measured in
 the thread that runs it, times the pod's overhead: ``inference.runtime.cpu``) over the
-quota's cores, since a pod's warm-up and its first
-rows can run on unspent quota (or a start-up boost) at several times the pace it can
-keep. A caller that
-goes away (cancelled) is skipped. Nothing waits forever: on ``stop`` every queued
+quota's cores, since a pod's warm-up and its first rows can run on unspent quota (or a
+start-up boost) at several times the pace it can keep. A caller that goes away
+(cancelled) is skipped. Nothing waits forever: on ``stop`` every queued
 request fails with ``ServerUnavailable``.
 """
 
@@ -149,17 +148,14 @@ class DynamicBatcher:
         time per row over the instances that run side by side, and under a CPU quota no
         less than the CPU per row over the quota's cores."""
         assert self._row_s is not None
-        pace = self._row_s / self._parallel_now()
         limit = self._budget.limit()
-        if limit is not None and self._cpu_row_s is not None:
+        if limit is None:
+            return self._row_s / self._instances
+        parallel = min(self._instances, max(1, int(limit)))  # instances the quota runs
+        pace = self._row_s / parallel
+        if self._cpu_row_s is not None:
             pace = max(pace, self._cpu_row_s * self._budget.overhead / limit)
         return pace
-
-    def _parallel_now(self) -> int:
-        """Instances that run in parallel: no more than the quota's cores."""
-        limit = self._budget.limit()
-        cores = self._instances if limit is None else max(1, int(limit))
-        return min(self._instances, cores)
 
     async def submit(
         self,
@@ -309,9 +305,10 @@ class DynamicBatcher:
         instead of a late one, and the instance's time goes to answers still wanted."""
         if pending.deadline is None:
             return False
-        ends = now + batch_rows * (self._row_s or 0.0)
-        if self._row_s is not None:  # with the rows running, at the pace the quota allows
-            ends = max(ends, now + (self._running_rows + batch_rows) * self._pace_s())
+        ends = now
+        if self._row_s is not None:  # this batch alone, or with the rows running at the pace
+            alone = batch_rows * self._row_s
+            ends += max(alone, (self._running_rows + batch_rows) * self._pace_s())
         if ends <= pending.deadline:
             return False
         late_ms = (ends - pending.deadline) * 1000

@@ -11,6 +11,7 @@ model's CPU alone admitted work that ended past its deadline."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -59,10 +60,11 @@ class CpuBudget:
     process_time: Callable[[], float] = time.process_time
     clock: Callable[[], float] = time.monotonic
     overhead: float = 1.0
-    _limit: float | None = None
-    _read_at: float = -1e9
-    _window: tuple[float, float] | None = None  # (clock, process CPU) at its start
-    _model_cpu_s: float = field(default=0.0)
+    _limit: float | None = field(default=None, init=False)
+    _read_at: float = field(default=-math.inf, init=False)
+    #: (clock, process CPU) at the start of the window, and the model CPU since
+    _window: tuple[float, float] | None = field(default=None, init=False)
+    _model_cpu_s: float = field(default=0.0, init=False)
 
     def limit(self) -> float | None:
         now = self.clock()
