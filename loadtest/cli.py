@@ -29,6 +29,10 @@ bench = typer.Typer(
 app.add_typer(bench, name="bench")
 
 #: top-level modules of the ``loadtest`` extra (pyproject.toml)
+#: the ``--repository`` option of every benchmark that starts the stack
+Repository = Annotated[Path, typer.Option(help="model repository with the default models")]
+DEFAULT_REPOSITORY = Path("var/model-repository")
+
 LOADTEST_EXTRA = frozenset(
     {"hdrh", "tritonclient", "geventhttpclient", "locust", "matplotlib", "jinja2"}
 )
@@ -285,9 +289,7 @@ def bench_pod(
 
 @bench.command("gateway")
 def bench_gateway(
-    repository: Annotated[
-        Path, typer.Option(help="model repository with the default models")
-    ] = Path("var/model-repository"),
+    repository: Repository = DEFAULT_REPOSITORY,
     duration: Annotated[float, typer.Option(help="seconds per measurement")] = 10.0,
     out: Annotated[Path | None, typer.Option(help="write JSON results here")] = None,
 ) -> None:
@@ -305,9 +307,7 @@ def bench_gateway(
 
 @bench.command("peers")
 def bench_peers(
-    repository: Annotated[
-        Path, typer.Option(help="model repository with the default models")
-    ] = Path("var/model-repository"),
+    repository: Repository = DEFAULT_REPOSITORY,
     triton_venv: Annotated[
         Path, typer.Option(help="venv with nvidia-pytriton (make triton-venv)")
     ] = Path(".venv-triton"),
@@ -331,9 +331,7 @@ def bench_peers(
 
 @bench.command("feed")
 def bench_feed(
-    repository: Annotated[
-        Path, typer.Option(help="model repository with the default models")
-    ] = Path("var/model-repository"),
+    repository: Repository = DEFAULT_REPOSITORY,
     duration: Annotated[float, typer.Option(help="seconds per rate")] = 5.0,
     history: Annotated[int, typer.Option(min=0, help="history items per session")] = 5,
     p99_ms: Annotated[float, typer.Option(help="p99 budget in ms")] = 100.0,
@@ -363,9 +361,7 @@ def bench_feed(
 
 @bench.command("overload")
 def bench_overload(
-    repository: Annotated[
-        Path, typer.Option(help="model repository with the default models")
-    ] = Path("var/model-repository"),
+    repository: Repository = DEFAULT_REPOSITORY,
     duration: Annotated[float, typer.Option(help="seconds per rate")] = 10.0,
     multiples: Annotated[
         str, typer.Option(help="multiples of the capacity offered, comma-separated")
@@ -396,9 +392,7 @@ def bench_overload(
 
 @bench.command("memory")
 def bench_memory(
-    repository: Annotated[
-        Path, typer.Option(help="model repository with the default models")
-    ] = Path("var/model-repository"),
+    repository: Repository = DEFAULT_REPOSITORY,
     duration: Annotated[float, typer.Option(help="seconds per phase")] = 10.0,
     feed_rate: Annotated[float, typer.Option(help="feeds a second in the feed phase")] = 200.0,
     effects_rate: Annotated[
@@ -423,9 +417,7 @@ def bench_memory(
 
 @bench.command("events")
 def bench_events(
-    repository: Annotated[
-        Path, typer.Option(help="model repository with the default models")
-    ] = Path("var/model-repository"),
+    repository: Repository = DEFAULT_REPOSITORY,
     duration: Annotated[float, typer.Option(help="seconds per rate")] = 5.0,
     batch: Annotated[int, typer.Option(min=1, help="events per POST /v1/events")] = 20,
     p99_ms: Annotated[float, typer.Option(help="p99 budget in ms")] = 100.0,
@@ -455,9 +447,7 @@ def bench_events(
 
 @bench.command("effects")
 def bench_effects(
-    repository: Annotated[
-        Path, typer.Option(help="model repository with the default models")
-    ] = Path("var/model-repository"),
+    repository: Repository = DEFAULT_REPOSITORY,
     duration: Annotated[float, typer.Option(help="seconds per rate")] = 5.0,
     p99_ms: Annotated[float, typer.Option(help="p99 budget in ms")] = 500.0,
     start_rate: Annotated[float, typer.Option(help="first rate of the ladder")] = 5.0,
@@ -485,9 +475,7 @@ def bench_effects(
 
 @bench.command("mesh")
 def bench_mesh(
-    repository: Annotated[
-        Path, typer.Option(help="model repository with the default models")
-    ] = Path("var/model-repository"),
+    repository: Repository = DEFAULT_REPOSITORY,
     duration: Annotated[float, typer.Option(help="seconds per rate")] = 4.0,
     rows: Annotated[int, typer.Option(min=1, help="ranker rows per request")] = 100,
     changes: Annotated[int, typer.Option(min=1, help="endpoint changes to time")] = 20,
