@@ -49,9 +49,22 @@ def edge(standard_repo):
         control_plane.stop()
 
 
-def provider_for(edge, repo: Path, limiter=None, spares: int = 0) -> LocalProvider:
+def provider_for(
+    edge, repo: Path, limiter=None, spares: int = 0, startup_cpu: float | None = None
+) -> LocalProvider:
     sink = AdminSink(edge.control_plane.http)
-    return LocalProvider("pods", repo, MODELS, sink, time.monotonic, limiter, spares=spares)
+    return LocalProvider(
+        "pods", repo, MODELS, sink, time.monotonic, limiter, spares=spares, startup_cpu=startup_cpu
+    )
+
+
+def cpu_group(pid: int) -> str:
+    """The path of ``pid``'s cgroup in the cpu hierarchy (v1 or v2)."""
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if controllers == "" or "cpu" in controllers.split(","):
+            return path
+    raise AssertionError(f"no cpu cgroup for {pid}")
 
 
 def converge(provider: LocalProvider, desired: int, timeout: float = 90.0):
@@ -112,6 +125,37 @@ def test_a_warm_spare_joins_the_pool_at_once_and_a_new_one_starts_behind_it(edge
     finally:
         provider.close()
     assert provider.failed == 0
+
+
+@pytest.mark.skipif(not cgroups_writable(), reason="cgroups cannot be written here (not root?)")
+def test_a_pod_starts_under_the_boost_and_serves_under_its_own_quota(edge, standard_repo):
+    # guards docs/autoscale.md: "a starting pod runs under that quota in a second
+    # subtree [...] once ready it moves to its serving cgroup under --cpu-per-pod"
+    limiter = CpuLimiter(0.2)
+    provider = provider_for(edge, standard_repo, limiter, startup_cpu=1.0)
+    try:
+        assert provider.reconcile(1).starting == 1
+        (pid,) = provider.pids()
+        booting = cpu_group(pid)
+        assert booting.endswith(f"/{limiter.starting.name}/pods-1"), booting
+        converge(provider, 1)
+        serving = cpu_group(pid)
+        assert serving.endswith(f"/{limiter.subtree.name}/pods-1"), serving
+        group = limiter.subtree / "pods-1"
+        quota = (
+            (group / "cpu.max").read_text().split()[0]
+            if limiter.version == 2
+            else ((group / "cpu.cfs_quota_us").read_text().strip())
+        )
+        assert quota == "20000"
+        assert not (limiter.starting / "pods-1").exists()  # the boost's group is gone
+        wait_until(lambda: len(edge.hosts()) == 1, "Envoy to have the pod", 5)
+        assert edge.infer().status_code == 200
+    finally:
+        provider.close()
+        limiter.close()
+    assert provider.failed == 0
+    assert not limiter.subtree.exists() and not limiter.starting.exists()
 
 
 def test_pods_load_only_the_models_they_are_told_to(standard_repo):
