@@ -12,6 +12,10 @@ to start (seconds under a CPU quota); new spares start once the pool is whole. O
 scale-down the pods that leave the pool become the spares first. They cost memory,
 not CPU.
 
+Pods start through ``spawner``: the launcher's ``spawn`` (a new interpreter each), or a
+fork server (``servicekit.zygote``) that has imported the pod's modules once, so a pod
+pays its model load and warm-up only.
+
 Start-up boost (``startup_cpu``): a pod starts under that quota, at a low weight (it
 takes what the serving path leaves idle), and is settled to its own quota once ready,
 before it serves (an effects pod: 5 s to ready under 0.15 CPU, 0.8 s without a quota).
@@ -29,7 +33,7 @@ from typing import Protocol
 
 from autoscale.cgroups import CpuLimiter
 from inference.launch import pod_command
-from servicekit.launcher import LaunchError, ServiceProcess, launch
+from servicekit.launcher import LaunchError, ServiceProcess, Spawner, launch, spawn
 from servicekit.ready import read_ready
 
 log = logging.getLogger("tenfold.autoscale")
@@ -74,6 +78,8 @@ class LocalProvider:
     spares: int = 0
     #: cores of quota while a pod starts (None: its own quota from the start)
     startup_cpu: float | None = None
+    #: how pod processes start: ``spawn`` (a new interpreter), or a fork server's
+    spawner: Spawner = spawn
     _pods: list[Pod] = field(default_factory=list)  # ready, in pool order
     _spare: list[Pod] = field(default_factory=list)  # ready, outside the pool
     _starting: list[Pod] = field(default_factory=list)
@@ -155,7 +161,12 @@ class LocalProvider:
         name = f"{self.pool}-{self._count}"
         args = [a for m in self.models for a in ("--load-model", m)]
         cmd = pod_command(self.repository, *args, *self.extra_args, intra_op_threads=self.threads)
-        process = launch(cmd, f"pod {name}", wait=False)
+        try:
+            process = launch(cmd, f"pod {name}", wait=False, spawner=self.spawner)
+        except (LaunchError, OSError) as exc:
+            log.error("pod %s: cannot start: %s", name, exc)
+            self.failed += 1
+            return
         if self.limiter is not None:
             try:
                 if self.startup_cpu is None:

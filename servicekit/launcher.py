@@ -16,8 +16,10 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from servicekit.ready import read_ready
 
@@ -26,10 +28,24 @@ class LaunchError(RuntimeError):
     """The child exited, or did not become ready in time; the message has its output."""
 
 
+class ChildProcess(Protocol):
+    """What the launcher and its callers use of a child: ``subprocess.Popen``'s part, or
+    a fork server's child (``servicekit.zygote.ForkedProcess``)."""
+
+    pid: int
+    returncode: int | None
+
+    def poll(self) -> int | None: ...
+    def wait(self, timeout: float | None = None) -> int: ...
+    def send_signal(self, sig: int) -> None: ...
+    def terminate(self) -> None: ...
+    def kill(self) -> None: ...
+
+
 @dataclass
 class ServiceProcess:
     name: str
-    proc: subprocess.Popen
+    proc: ChildProcess
     #: where the child writes its ready state (None for a program that has none)
     ready_file: Path | None
     #: output lines (None when the output is not captured)
@@ -150,7 +166,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _pump(stream, lines: queue.Queue) -> None:
+def pump_lines(stream, lines: queue.Queue) -> None:
+    """Put each line of ``stream`` on ``lines``, then None at its end (a thread's target)."""
     for line in stream:
         lines.put(line)
     lines.put(None)
@@ -179,8 +196,12 @@ def spawn(
     lines: queue.Queue | None = None
     if capture:
         lines = queue.Queue()
-        threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
+        threading.Thread(target=pump_lines, args=(proc.stdout, lines), daemon=True).start()
     return ServiceProcess(name, proc, ready_file, lines)
+
+
+#: how a child is started: ``spawn``, or a fork server's ``spawn`` (servicekit.zygote)
+Spawner = Callable[..., ServiceProcess]
 
 
 def launch(
@@ -190,13 +211,19 @@ def launch(
     capture: bool = True,
     wait: bool = True,
     timeout: float = 120.0,
+    spawner: Spawner = spawn,
 ) -> ServiceProcess:
     """Start ``cmd --ready-file F``; with ``wait``, block until it is ready.
 
-    ``capture``: collect stdout+stderr line by line (else the child shares ours)."""
+    ``capture``: collect stdout+stderr line by line (else the child shares ours).
+    ``spawner(cmd, name, env, capture, ready_file)`` starts it (default: ``spawn``)."""
     ready_dir = Path(tempfile.mkdtemp(prefix=f"tenfold-{name.replace(' ', '-')}-"))
     ready_file = ready_dir / "ready.json"
-    child = spawn([*cmd, "--ready-file", str(ready_file)], name, env, capture, ready_file)
+    try:
+        child = spawner([*cmd, "--ready-file", str(ready_file)], name, env, capture, ready_file)
+    except BaseException:
+        shutil.rmtree(ready_dir, ignore_errors=True)
+        raise
     if wait:
         try:
             child.wait_ready(timeout)

@@ -106,6 +106,14 @@ def up(
             "--cpu-per-pod once it is ready (0: --cpu-per-pod from the start)",
         ),
     ] = 1.0,
+    fork_server: Annotated[
+        bool,
+        typer.Option(
+            "--fork-server/--no-fork-server",
+            help="Autoscale: fork pods from a process that has imported their modules once "
+            "(~0.7 s of CPU less a pod), not as new interpreters",
+        ),
+    ] = True,
     events: Annotated[
         bool,
         typer.Option(
@@ -159,7 +167,12 @@ def up(
             typer.echo(f"error: --max-pods ({max_pods}) < --pods ({pods})", err=True)
             raise typer.Exit(2)
         scaling = AutoscaleOptions(
-            targets, max_pods, cpu_per_pod, spares=spares, startup_cpu=startup_cpu or None
+            targets,
+            max_pods,
+            cpu_per_pod,
+            spares=spares,
+            startup_cpu=startup_cpu or None,
+            fork_server=fork_server,
         )
     options = StackOptions(
         repository,
@@ -202,6 +215,14 @@ def drill(
             "is ready (0: --cpu-per-pod from the start)",
         ),
     ] = 1.0,
+    fork_server: Annotated[
+        bool,
+        typer.Option(
+            "--fork-server/--no-fork-server",
+            help="Fork pods from a process that has imported their modules once "
+            "(~0.7 s of CPU less a pod), not as new interpreters",
+        ),
+    ] = True,
     report: Annotated[
         Path | None, typer.Option(help="write drill.json and drill.html here")
     ] = None,
@@ -233,6 +254,7 @@ def drill(
         max_pods=max_pods,
         spares=spares,
         startup_cpu=startup_cpu or None,
+        fork_server=fork_server,
     )
     results = run_drill(plan, report)
     typer.echo(json.dumps(results["summary"], indent=2))

@@ -53,6 +53,8 @@ class DrillPlan:
     spares: int = 0
     #: cores of quota while a pod starts (None: ``cpu_per_pod`` from the start)
     startup_cpu: float | None = 1.0
+    #: pods forked from a fork server that has imported them (else new interpreters)
+    fork_server: bool = True
     scale_down_delay_s: float = 60.0
     calibrate_s: float = 8.0
 
@@ -234,6 +236,7 @@ def drill(plan: DrillPlan, report: Path | None = None) -> dict:
         plan.cpu_per_pod,
         spares=plan.spares,
         startup_cpu=plan.startup_cpu,
+        fork_server=plan.fork_server,
     )
     stack = Stack(StackOptions(plan.repository, port=0, grpc_port=0, autoscale=scaling))
     stack.start(say=lambda text, end="\n": print(text, end=end, file=sys.stderr, flush=True))

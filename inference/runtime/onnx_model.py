@@ -17,6 +17,7 @@ from inference.protocol.datatypes import from_ort_type
 from inference.protocol.errors import InvalidInput
 from inference.repository.autocomplete import ModelIO, ModelTensorInfo
 from inference.repository.spec import ModelSpec
+from inference.runtime.batcher import BatchResult
 
 GRAPH_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -71,15 +72,6 @@ def describe(session: ort.InferenceSession) -> ModelIO:
         inputs=tuple(_info(a) for a in session.get_inputs()),
         outputs=tuple(_info(a) for a in session.get_outputs()),
     )
-
-
-@dataclass(frozen=True, slots=True)
-class BatchResult:
-    outputs: list[dict[str, np.ndarray]]
-    compute_s: float
-    #: CPU seconds of the run in its calling thread (ONNX Runtime runs a one-thread
-    #: session there; a larger intra-op pool's threads are not counted). None: unknown
-    cpu_s: float | None = None
 
 
 class OnnxModel:

@@ -16,9 +16,11 @@ import requests
 
 from autoscale.cgroups import CgroupError, CpuLimiter
 from autoscale.local import LocalProvider, ProviderStatus
-from inference.launch import start_pod
+from inference.launch import POD_PRELOAD, start_pod
 from mesh.envoy import start_envoy
 from mesh.launch import start_control_plane
+from servicekit.launcher import Spawner, spawn
+from servicekit.zygote import ForkServer
 from tenfold.scaling import AdminSink, AutoscaleOptions
 from tenfold.stack import Stack, StackOptions
 from tests.gateway.conftest import wait_until
@@ -49,12 +51,33 @@ def edge(standard_repo):
         control_plane.stop()
 
 
+@pytest.fixture(scope="module")
+def forks():
+    """The fork server the stack starts pods from (``AutoscaleOptions.fork_server``)."""
+    server = ForkServer(POD_PRELOAD).start()
+    yield server
+    server.close()
+
+
 def provider_for(
-    edge, repo: Path, limiter=None, spares: int = 0, startup_cpu: float | None = None
+    edge,
+    repo: Path,
+    limiter=None,
+    spares: int = 0,
+    startup_cpu: float | None = None,
+    spawner: Spawner = spawn,
 ) -> LocalProvider:
     sink = AdminSink(edge.control_plane.http)
     return LocalProvider(
-        "pods", repo, MODELS, sink, time.monotonic, limiter, spares=spares, startup_cpu=startup_cpu
+        "pods",
+        repo,
+        MODELS,
+        sink,
+        time.monotonic,
+        limiter,
+        spares=spares,
+        startup_cpu=startup_cpu,
+        spawner=spawner,
     )
 
 
@@ -77,8 +100,11 @@ def converge(provider: LocalProvider, desired: int, timeout: float = 90.0):
         time.sleep(0.1)
 
 
-def test_the_provider_scales_real_pods_up_and_down_under_load_without_failures(edge, standard_repo):
-    provider = provider_for(edge, standard_repo)
+@pytest.mark.parametrize("forked", [False, True], ids=["spawned", "forked"])
+def test_the_provider_scales_real_pods_up_and_down_under_load_without_failures(
+    edge, standard_repo, forks, forked
+):
+    provider = provider_for(edge, standard_repo, spawner=forks.spawn if forked else spawn)
     load = None
     try:
         converge(provider, 1)
@@ -128,11 +154,12 @@ def test_a_warm_spare_joins_the_pool_at_once_and_a_new_one_starts_behind_it(edge
 
 
 @pytest.mark.skipif(not cgroups_writable(), reason="cgroups cannot be written here (not root?)")
-def test_a_pod_starts_under_the_boost_and_serves_under_its_own_quota(edge, standard_repo):
+def test_a_pod_starts_under_the_boost_and_serves_under_its_own_quota(edge, standard_repo, forks):
     # guards docs/autoscale.md: "a starting pod runs under that quota in a second
-    # subtree [...] once ready it moves to its serving cgroup under --cpu-per-pod"
+    # subtree [...] once ready it moves to its serving cgroup under --cpu-per-pod";
+    # forked, as the stack starts pods
     limiter = CpuLimiter(0.2)
-    provider = provider_for(edge, standard_repo, limiter, startup_cpu=1.0)
+    provider = provider_for(edge, standard_repo, limiter, startup_cpu=1.0, spawner=forks.spawn)
     try:
         assert provider.reconcile(1).starting == 1
         (pid,) = provider.pids()

@@ -9,8 +9,7 @@ import pytest
 
 from inference.protocol.errors import Overloaded, ServerUnavailable
 from inference.repository.spec import BatchingPolicy
-from inference.runtime.batcher import DynamicBatcher
-from inference.runtime.onnx_model import BatchResult
+from inference.runtime.batcher import BatchResult, DynamicBatcher
 
 
 class FakeModel:
