@@ -256,6 +256,7 @@ class DynamicBatcher:
     async def _next_batch(self) -> list[_Pending]:
         while True:
             self._discard_dead()
+            self._shed_unreachable()
             if not self._queue:
                 await self._wait_arrival(None)
                 continue
@@ -274,6 +275,38 @@ class DynamicBatcher:
             taken = self._take(head, limit)
             if taken:  # else every candidate was shed past its deadline: look again
                 return taken
+
+    def _shed_unreachable(self) -> None:
+        """Shed the queued requests that the queue, at the pace measured now, would no
+        longer reach before their deadline. Admission judged them by the pace at their
+        arrival; the pace slows when the pod's CPU overhead grows (under a quota,
+        receiving and refusing a surge costs CPU), and they would then time out here.
+        Shed now, the caller retries them elsewhere with time left."""
+        if self._row_s is None or not any(p.deadline is not None for p in self._queue):
+            return
+        now, pace = self._loop.time(), self._pace_s()
+        ahead = self._running_rows
+        shed = False
+        for pending in self._queue:
+            if not pending.alive():
+                continue
+            ahead += pending.rows
+            if pending.deadline is None or now + ahead * pace <= pending.deadline:
+                continue
+            late_ms = (now + ahead * pace - pending.deadline) * 1000
+            self._fail(
+                pending,
+                Overloaded(
+                    f"shed while queued: the queue would reach it {late_ms:.0f} ms past its "
+                    "deadline; retry later"
+                ),
+            )
+            if pending.timer is not None:
+                pending.timer.cancel()
+            ahead -= pending.rows
+            shed = True
+        if shed:
+            self._discard_dead()
 
     def _compatible_rows(self, head: _Pending) -> int:
         return sum(p.rows for p in self._queue if p.alive() and p.signature == head.signature)

@@ -374,9 +374,34 @@ async def test_a_queued_request_whose_deadline_passed_is_shed_at_dispatch_not_ru
     await queued(batcher, 2)
     await asyncio.sleep(0.1)  # the instance stays busy past the hurried one's deadline
     model.gate.set()
-    with pytest.raises(Overloaded, match="shed before running"):
+    # at dispatch, by the batch's check or the queue's (both run when a batch forms)
+    with pytest.raises(Overloaded, match="shed (before running|while queued)"):
         await asyncio.wait_for(hurried, 10)
     done = await asyncio.wait_for(asyncio.gather(running, patient), 10)
     assert [float(r["y"][0, 0]) for r in done] == [2.0, 6.0]
     assert model.batches == [[1], [1]]  # the shed request never ran
+    await batcher.stop()
+
+
+async def test_queued_requests_the_queue_can_no_longer_reach_in_time_are_shed_early():
+    # guards docs/autoscale.md: "a queued request that the queue, at the pace measured
+    # when a batch is formed, would no longer reach before its deadline is shed then"
+    model = SlowModel(0.05)
+    batcher = make(model, policy=None, max_batch=1)
+    await batcher.submit(row(0), 1)  # measures ~0.05 s a row
+    model.gate.clear()
+    running = asyncio.ensure_future(batcher.submit(row(1), 1))
+    await model.started(2)
+    first = asyncio.ensure_future(batcher.submit(row(2), 1, deadline_s=30))
+    tight = asyncio.ensure_future(batcher.submit(row(3), 1, deadline_s=0.6))  # ~0.15 s away
+    last = asyncio.ensure_future(batcher.submit(row(4), 1, deadline_s=30))
+    await queued(batcher, 3)  # all three admitted
+    await asyncio.sleep(0.4)  # the running row takes ~0.45 s: the pace slows ~2.6x
+    model.gate.set()
+    with pytest.raises(Overloaded, match="shed while queued"):
+        await asyncio.wait_for(tight, 10)
+    assert not first.done()  # shed when the batch ahead of it formed, before that ran
+    done = await asyncio.wait_for(asyncio.gather(running, first, last), 10)
+    assert [float(r["y"][0, 0]) for r in done] == [2.0, 4.0, 8.0]
+    assert model.batches == [[1]] * 4  # rows 0, 1, 2, 4: the shed one never ran
     await batcher.stop()
