@@ -20,7 +20,8 @@ REQUESTS = "tenfold_gateway_arrivals"
 INFLIGHT = "tenfold_gateway_inflight_requests"
 
 
-def _get(url: str, timeout: float) -> str:
+def fetch_text(url: str, timeout: float) -> str:
+    """The body of ``url`` (a metrics endpoint or an API on loopback or configured)."""
     with urllib.request.urlopen(url, timeout=timeout) as answer:  # loopback or configured
         return answer.read().decode()
 
@@ -51,7 +52,7 @@ class ScrapeSource:
         urls: Sequence[str],
         routes: Iterable[str],
         clock: Callable[[], float],
-        fetch: Callable[[str, float], str] = _get,
+        fetch: Callable[[str, float], str] = fetch_text,
         timeout_s: float = 1.0,
     ) -> None:
         self.urls = list(urls)
@@ -89,7 +90,7 @@ class PrometheusSource:
         base_url: str,
         routes: Iterable[str],
         window: str = "10s",
-        fetch: Callable[[str, float], str] = _get,
+        fetch: Callable[[str, float], str] = fetch_text,
         timeout_s: float = 2.0,
     ) -> None:
         self.base_url = base_url.rstrip("/")

@@ -31,6 +31,7 @@ from loadtest.recorder import Interval
 from loadtest.runner import Runner, RunPlan, highest_rate_met, run
 from loadtest.scenarios import ScenarioSpec
 from loadtest.targets import Target
+from tenfold.live import pods_table
 from tenfold.scaling import DEFAULT_TARGETS, AutoscaleOptions
 from tenfold.stack import Stack, StackOptions
 
@@ -161,20 +162,7 @@ class LiveView:
             f"{row.p50_ms:.1f}",
             f"{row.p99_ms:.1f}",
         )
-        pods = Table()
-        for column in ("pool", "desired", "ready", "starting", "stopping", "last decision"):
-            pods.add_column(column)
-        for pool, provider in self.stack.scaled.providers.items():
-            status = provider.status()
-            state = self.stack.scaled.autoscalers[pool].state
-            pods.add_row(
-                pool,
-                str(state.desired or status.ready),
-                str(status.ready),
-                str(status.starting),
-                str(status.stopping),
-                state.last.reason if state.last else "",
-            )
+        pods = pods_table(self.stack.scaled)
         from rich.console import Group
 
         self.live.update(Group(load, pods))

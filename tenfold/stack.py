@@ -14,6 +14,7 @@ stops the stack.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import threading
@@ -30,6 +31,7 @@ from mesh.launch import put_endpoints, start_control_plane
 from servicekit.launcher import LaunchError, ServiceProcess
 from servicekit.redis import redis_url, start_redis
 from servicekit.supervisor import RestartBudget
+from tenfold.live import StackView, TrafficWatch
 from tenfold.scaling import PRODUCT_POOLS, AutoscaleOptions, ScaledPools
 
 POD_POOL = "default"
@@ -254,37 +256,50 @@ def up(options: StackOptions) -> int:
             return 1
         kserve = " (straight to the pod, via Envoy)" if options.mesh else " (gateway pass-through)"
         say(EXAMPLES.format(http=stack.ports["http"], grpc=stack.ports["grpc"], kserve=kserve))
-        next_tick, last = time.monotonic(), {}
-        restarts = RestartBudget(MAX_RESTARTS, RESTART_WINDOW_S, time.monotonic)
-        while not stop.wait(0.5):
-            if stack.scaled is not None and time.monotonic() >= next_tick:
-                next_tick += stack.scaled.options.tick_s
-                for pool, decision, status in stack.scaled.tick():
-                    view = (decision.desired, status.ready, status.starting, status.stopping)
-                    if view != last.get(pool):
-                        say(
-                            f"tenfold autoscale {pool}: {decision.reason}; starting "
-                            f"{status.starting}, stopping {status.stopping}"
-                        )
-                        last[pool] = view
-            for child in stack.children:  # what the services say from now on
-                say(child.new_output(), end="")
-            for pod in [p for p in stack.pods if p.proc.poll() is not None]:
-                if not restarts.allow():
-                    print(
-                        f"tenfold: pods exited {MAX_RESTARTS + 1} times within "
-                        f"{RESTART_WINDOW_S:g} s; stopping",
-                        file=sys.stderr,
-                    )
-                    return 1
-                try:
-                    stack.restart_pod(pod, say)
-                except LaunchError as exc:
-                    print(f"tenfold: cannot restart the pod: {exc}; stopping", file=sys.stderr)
-                    return 1
-            if any(p.proc.poll() is not None for p in stack.children):
-                print("tenfold: a process of the stack exited; stopping", file=sys.stderr)
-                return 1
-        return 0
+        with contextlib.ExitStack() as scope:
+            view = None
+            if stack.scaled is not None and sys.stdout.isatty():  # a live table of the pools
+                watch = TrafficWatch(f"http://{stack.gateway.http}/metrics")
+                view = scope.enter_context(StackView(stack.scaled, watch))
+            return _serve(stack, stop, view.say if view else say, view)
     finally:
         stack.stop(say)
+
+
+def _serve(stack: Stack, stop: threading.Event, say, view: StackView | None) -> int:
+    """Until ``stop``: autoscale (each decision printed, or the live ``view``), relay
+    what the services print, restart dead pods; the exit code."""
+    next_tick, last = time.monotonic(), {}
+    restarts = RestartBudget(MAX_RESTARTS, RESTART_WINDOW_S, time.monotonic)
+    while not stop.wait(0.5):
+        if stack.scaled is not None and time.monotonic() >= next_tick:
+            next_tick += stack.scaled.options.tick_s
+            for pool, decision, status in stack.scaled.tick():
+                seen = (decision.desired, status.ready, status.starting, status.stopping)
+                if view is None and seen != last.get(pool):
+                    say(
+                        f"tenfold autoscale {pool}: {decision.reason}; starting "
+                        f"{status.starting}, stopping {status.stopping}"
+                    )
+                    last[pool] = seen
+            if view is not None:
+                view.update()
+        for child in stack.children:  # what the services say from now on
+            say(child.new_output(), end="")
+        for pod in [p for p in stack.pods if p.proc.poll() is not None]:
+            if not restarts.allow():
+                print(
+                    f"tenfold: pods exited {MAX_RESTARTS + 1} times within "
+                    f"{RESTART_WINDOW_S:g} s; stopping",
+                    file=sys.stderr,
+                )
+                return 1
+            try:
+                stack.restart_pod(pod, say)
+            except LaunchError as exc:
+                print(f"tenfold: cannot restart the pod: {exc}; stopping", file=sys.stderr)
+                return 1
+        if any(p.proc.poll() is not None for p in stack.children):
+            print("tenfold: a process of the stack exited; stopping", file=sys.stderr)
+            return 1
+    return 0

@@ -280,3 +280,68 @@ def test_tenfold_up_autoscale_grows_the_pool_of_the_product_in_demand(quick_repo
     assert max(d["feed"] for d in desired) == 3
     assert max(d["effects"] for d in desired) == 1  # no effects demand: not scaled
     assert ok > 0
+
+
+def test_tenfold_up_autoscale_on_a_terminal_shows_each_pools_traffic_and_pods(quick_repo):
+    # issue 16: "A live terminal view (rich) during drill and tenfold up --autoscale:
+    # QPS, p99, shed and replicas per pool"; a real terminal (a pty), real stack
+    import fcntl
+    import pty
+    import re
+    import signal
+    import struct
+    import termios
+    import threading
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 240, 0, 0))
+    cmd = [sys.executable, "-m", "tenfold", "up", "--repository", str(quick_repo)]
+    cmd += ["--autoscale", "--no-events", "--port", "0", "--grpc-port", "0"]
+    proc = subprocess.Popen(
+        cmd, stdin=slave, stdout=slave, stderr=slave, env={**os.environ, "TERM": "xterm"}
+    )
+    os.close(slave)
+    screen: list[str] = []
+
+    def pump() -> None:
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            screen.append(chunk.decode(errors="replace"))
+
+    threading.Thread(target=pump, daemon=True).start()
+    text = lambda: re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", "".join(screen))  # noqa: E731
+
+    def feed_row() -> list[str] | None:
+        rows = [line for line in text().splitlines() if line.startswith("│ feed ")]
+        cells = [c.strip() for c in rows[-1].split("│")[1:-1]] if rows else None
+        return cells if cells and cells[1] not in ("-", "0.0") else None
+
+    try:
+        wait_until(lambda: "edge (Envoy) ready" in text(), "the stack to start", 120)
+        port = int(text().split("edge (Envoy) ready: http 127.0.0.1:")[1].split(",")[0])
+        session = requests.Session()
+        deadline = time.monotonic() + 30
+        while feed_row() is None:
+            assert time.monotonic() < deadline, text()[-3000:]
+            body = {"user_id": 7, "count": 5}
+            answer = session.post(f"http://127.0.0.1:{port}/v1/feed", json=body, timeout=10)
+            assert answer.status_code == 200
+            time.sleep(0.05)
+        cells = feed_row()
+        assert "tenfold up --autoscale: traffic at the gateway, pods per pool" in text()
+        # pool, arrivals/s, OK/s, shed/s, 5xx/s, p99 ms, desired, ready, starting, stopping
+        assert float(cells[1]) > 0 and float(cells[2]) > 0 and float(cells[4]) == 0
+        assert float(cells[5]) > 0 and int(cells[7]) >= 1
+        assert any(line.startswith("│ effects ") for line in text().splitlines())
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)

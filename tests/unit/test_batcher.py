@@ -375,7 +375,7 @@ async def test_a_queued_request_whose_deadline_passed_is_shed_at_dispatch_not_ru
     await asyncio.sleep(0.1)  # the instance stays busy past the hurried one's deadline
     model.gate.set()
     # at dispatch, by the batch's check or the queue's (both run when a batch forms)
-    with pytest.raises(Overloaded, match="shed (before running|while queued)"):
+    with pytest.raises(Overloaded, match=r"shed (before running|while queued)"):
         await asyncio.wait_for(hurried, 10)
     done = await asyncio.wait_for(asyncio.gather(running, patient), 10)
     assert [float(r["y"][0, 0]) for r in done] == [2.0, 6.0]
