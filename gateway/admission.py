@@ -102,8 +102,11 @@ class AdaptiveAdmission:
         self.admission.max_queue = self.max_queue if self.controller.measuring else 0
         self.admission.wake()
 
-    async def acquire(self, now: float) -> int:
-        """A place (the controller's epoch, for ``release``), or TooManyRequests."""
+    async def acquire(self, now: float, endpoints: int = 1) -> int:
+        """A place (the controller's epoch, for ``release``), or TooManyRequests.
+        ``endpoints``: ready endpoints behind the route now (the limit's minimum is per
+        endpoint)."""
+        self.controller.endpoints = endpoints
         self.controller.advance(now)
         self._apply()
         await self.admission.acquire()

@@ -5,7 +5,7 @@ every request misses its deadline: goodput collapses) or too low (capacity unuse
 The controller measures instead:
 
 1. **The floor**: the route's latency with almost no queue (``min_rtt``). The limit is
-   pinned to ``min_limit`` while ``min_rtt_samples`` requests complete; their
+   pinned to its minimum while ``min_rtt_samples`` requests complete; their
    ``percentile`` latency is the floor. Re-measured every ``min_rtt_interval_s``
    (jittered, so workers do not measure together), and early when the limit has sat at
    its minimum for ``min_windows_to_remeasure`` windows (the floor itself has risen).
@@ -18,6 +18,12 @@ The controller measures instead:
    Latency above the allowance shrinks the limit (down to half per window); latency
    near the floor grows it. The ``sqrt`` headroom keeps a little queue so the pod's
    batches stay full (``headroom: none`` drops it).
+
+The minimum is ``min_limit`` per ready endpoint behind the route (``endpoints``, set
+by the admission before each request): "almost no queue" is a few requests on each
+pod, not on the route. Pinned to ``min_limit`` for the whole route while eight new pods
+were taking a surge, the limit refused 20 requests a second that the pods had room
+for (a drill, docs/benchmarks.md); with one endpoint nothing changes.
 
 The first measurement is at start: until ``min_rtt_samples`` requests have finished, a
 route admits ``min_limit`` at a time. (Measured unpinned, under a load that arrives
@@ -96,16 +102,22 @@ class GradientLimit:
     _window_start: float = 0.0
     _next_measure: float = 0.0
     _at_min: int = 0
+    #: ready endpoints behind the route: the minimum is ``min_limit`` for each
+    endpoints: int = 1
 
     def __post_init__(self) -> None:
         self.limit_f = float(self.settings.initial_limit)
         self._window_start = self.now
 
     @property
+    def minimum(self) -> int:
+        return self.settings.min_limit * max(1, self.endpoints)
+
+    @property
     def limit(self) -> int:
         if self.measuring:
-            return self.settings.min_limit
-        return int(self.limit_f)
+            return self.minimum
+        return max(self.minimum, int(self.limit_f))
 
     def observe(self, epoch: int, latency_s: float | None, now: float) -> None:
         """A request admitted in ``epoch`` finished; ``latency_s`` is its service time,
@@ -140,8 +152,8 @@ class GradientLimit:
         limit = self.limit_f * gradient
         if s.headroom == "sqrt":
             limit += math.sqrt(limit)
-        self.limit_f = min(float(s.max_limit), max(float(s.min_limit), limit))
-        self._at_min = self._at_min + 1 if int(self.limit_f) <= s.min_limit else 0
+        self.limit_f = min(float(s.max_limit), max(float(self.minimum), limit))
+        self._at_min = self._at_min + 1 if int(self.limit_f) <= self.minimum else 0
         if self._at_min >= s.min_windows_to_remeasure:
             self._start_measuring()
 

@@ -105,6 +105,12 @@ class GatewayCore:
             "infer": s.infer_deadline_ms / 1000,
             "events": s.events.deadline_ms / 1000,
         }
+        #: route -> the models it calls (the routes whose limit's minimum is per endpoint)
+        feed = s.feed
+        self._route_models = {
+            "feed": (feed.recall_model or feed.user_tower_model, feed.ranker_model),
+            "effects": tuple(e.model for e in s.effects.values()),
+        }
         items = None if deps.feed is None else len(deps.feed.assets.embeddings)
         e = s.events
         self.event_limits = EventLimits(e.max_batch, e.future_tolerance_s, e.max_age_s, items)
@@ -129,6 +135,19 @@ class GatewayCore:
             )
             self._limits[route] = limit
         return limit
+
+    def endpoints_behind(self, route: str) -> int:
+        """Ready endpoints behind ``route``: the fewest of the pools its models live in
+        (1 for a route that may call any pool, or none)."""
+        models = self._route_models.get(route)
+        if not models:
+            return 1
+        ready = self.upstream.ready()
+        try:
+            pools = {self.upstream.pool_for_model(m) for m in models}
+        except TenfoldError:
+            return 1
+        return max(1, min(ready.get(pool, 0) for pool in pools))
 
     @asynccontextmanager
     async def admit(
@@ -164,7 +183,7 @@ class GatewayCore:
             limit = self.limit(route)
             if limit is not None:
                 try:
-                    epoch = await limit.acquire(self.clock())
+                    epoch = await limit.acquire(self.clock(), self.endpoints_behind(route))
                 except TooManyRequests:
                     self.metrics.shed.labels(route, "concurrency").inc()
                     raise TooManyRequests(

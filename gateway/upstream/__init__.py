@@ -47,6 +47,9 @@ class Upstream(Protocol):
     def ready(self) -> dict[str, int]:
         """Ready endpoints per pool."""
 
+    def pool_for_model(self, model: str) -> str:
+        """The pool that serves ``model`` (ModelNotFound if none)."""
+
     def update(self, pool: str, endpoints: Iterable[EndpointSettings]) -> None: ...
 
     async def start(self) -> None: ...

@@ -196,3 +196,31 @@ async def test_while_the_floor_is_measured_a_few_wait_instead_of_being_refused()
     await settle()
     assert all(t.done() for t in waiting)
     assert adm.inflight == S.min_limit - 2 + 4
+
+
+def test_the_minimum_is_per_ready_endpoint_behind_the_route():
+    # gateway/concurrency.py: "The minimum is min_limit per ready endpoint behind the
+    # route"; with one endpoint nothing changes (the tests above)
+    limit = GradientLimit(S, now=0.0)
+    limit.endpoints = 4
+    assert (limit.measuring, limit.limit) == (True, 4 * S.min_limit)  # measured per pod
+    for i in range(S.min_rtt_samples):
+        limit.observe(limit.epoch, 0.010, now=0.001 * i)
+    now = 0.001 * S.min_rtt_samples
+    for _ in range(S.min_windows_to_remeasure - 1):
+        now = window(limit, now, 10.0)  # far over the allowance: down to the minimum
+    assert limit.limit == 4 * S.min_limit and not limit.measuring
+    now = window(limit, now, 10.0)
+    assert limit.measuring and limit.limit == 4 * S.min_limit  # at its minimum: re-measure
+    limit.endpoints = 1  # the pool shrank
+    assert limit.limit == S.min_limit
+
+
+async def test_the_admission_applies_the_routes_endpoint_count():
+    adm = AdaptiveAdmission(GradientLimit(S, now=0.0), 0, 0.0)
+    held = [await adm.acquire(0.0, endpoints=2) for _ in range(2 * S.min_limit)]
+    with pytest.raises(TooManyRequests):
+        await adm.acquire(0.0, endpoints=2)
+    with pytest.raises(TooManyRequests):  # one endpoint: the old minimum again
+        await adm.acquire(0.0, endpoints=1)
+    assert len(held) == 6

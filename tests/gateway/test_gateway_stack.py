@@ -554,3 +554,20 @@ def test_odd_user_ids_are_new_users_and_count_must_be_a_number(gateway):
         assert all(item["source"] == "cold_start" for item in answer.json()["items"])
     answer = feed(gateway, {"user_id": 5, "count": True})
     assert answer.status_code == 400 and "count" in answer.text
+
+
+def test_the_concurrency_minimum_counts_the_ready_endpoints_behind_the_route(make_gateway, pods):
+    # gateway/concurrency.py: "The minimum is min_limit per ready endpoint behind the
+    # route": a fresh gateway measures its floor at min_limit per pod
+    def limit(gw, route: str) -> float:
+        return metric_total(scrape(gw.http), "tenfold_gateway_concurrency_limit", route=route)
+
+    both = make_gateway(concurrency={"min_limit": 2})
+    one = make_gateway(
+        concurrency={"min_limit": 2},
+        pools={"default": {"endpoints": [{"grpc": pods[0].grpc, "http": pods[0].http}]}},
+    )
+    for gw in (both, one):
+        assert feed(gw, {"user_id": 5}).status_code == 200
+    assert limit(both, "feed") == 4  # measuring: 2 per ready pod, two pods
+    assert limit(one, "feed") == 2
