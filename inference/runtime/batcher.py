@@ -122,6 +122,11 @@ class DynamicBatcher:
         self._row_s: float | None = None
         #: CPU seconds per row (moving average; None: not measured)
         self._cpu_row_s: float | None = None
+        #: seconds per row between completions while requests waited (moving average;
+        #: None: never backlogged): the pace the pod really keeps, all costs included
+        self._busy_row_s: float | None = None
+        #: when the last batch finished, and whether requests were waiting then
+        self._last_done: tuple[float, bool] | None = None
         self._running_rows = 0
 
     # -- lifecycle -------------------------------------------------------------------
@@ -166,6 +171,8 @@ class DynamicBatcher:
         pace = self._row_s / parallel
         if self._cpu_row_s is not None:
             pace = max(pace, self._cpu_row_s * self._budget.overhead / limit)
+        if self._busy_row_s is not None:  # what it kept while backlogged
+            pace = max(pace, self._busy_row_s)
         return pace
 
     async def submit(
@@ -366,6 +373,20 @@ class DynamicBatcher:
             pending.timer.cancel()
         return True
 
+    def _completed(self, rows: int) -> None:
+        """Under a quota, the time between completions while requests waited is the
+        pace the pod keeps with every cost it pays (receiving, refusing, answering,
+        throttling): a pace judged by the model's CPU and an overhead averaged over
+        seconds lagged a surge's first seconds, and admitted work that ended past its
+        deadline. Without a quota the instances' own time is the measure."""
+        now = self._loop.time()
+        last, self._last_done = self._last_done, (now, any(p.alive() for p in self._queue))
+        if last is None or not last[1] or self._budget.limit() is None:
+            return
+        per_row = (now - last[0]) / rows
+        previous = self._busy_row_s
+        self._busy_row_s = per_row if previous is None else 0.7 * previous + 0.3 * per_row
+
     async def _run(self, batch: list[_Pending]) -> None:
         try:
             await self._isolate(batch)
@@ -401,6 +422,7 @@ class DynamicBatcher:
             await self._isolate(batch[half:])
             return
         self._running_rows -= rows
+        self._completed(rows)
         self._observer.computed(result.compute_s)
         for pending, outputs in zip(batch, result.outputs, strict=True):
             if pending.alive():

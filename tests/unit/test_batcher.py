@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from inference.protocol.errors import Overloaded, ServerUnavailable
 from inference.repository.spec import BatchingPolicy
 from inference.runtime.batcher import BatchResult, DynamicBatcher
+from inference.runtime.cpu import CpuBudget
 
 
 class FakeModel:
@@ -405,3 +407,33 @@ async def test_queued_requests_the_queue_can_no_longer_reach_in_time_are_shed_ea
     assert [float(r["y"][0, 0]) for r in done] == [2.0, 4.0, 8.0]
     assert model.batches == [[1]] * 4  # rows 0, 1, 2, 4: the shed one never ran
     await batcher.stop()
+
+
+@pytest.mark.parametrize("quota", [1.0, None], ids=["quota", "no quota"])
+async def test_under_a_quota_the_pace_is_what_the_pod_kept_while_backlogged(quota):
+    # guards docs/autoscale.md: "under a quota the pace is also no faster than the time
+    # between completions while requests waited"
+    model = FakeModel()  # runs in microseconds: the pod's time goes elsewhere
+    batcher = DynamicBatcher(
+        execute=model.execute,
+        instances=1,
+        max_batch_size=1,
+        policy=None,
+        budget=CpuBudget(read_limit=lambda: quota),
+    )
+    batcher.start()
+
+    async def other_work():  # receiving, refusing, throttling: 50 ms between batches
+        while True:
+            time.sleep(0.05)  # noqa: ASYNC251 (it blocks the loop on purpose)
+            await asyncio.sleep(0)
+
+    hog = asyncio.ensure_future(other_work())
+    await asyncio.gather(*(batcher.submit(row(i), 1) for i in range(8)))  # a backlog
+    hog.cancel()
+    wait = batcher.expected_wait_s(1)
+    await batcher.stop()
+    if quota is None:
+        assert wait < 0.01  # the instance's own time: microseconds
+    else:
+        assert wait >= 0.03  # the pace it kept, not the model's microseconds
