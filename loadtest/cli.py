@@ -473,6 +473,30 @@ def bench_effects(
         module.benchmark(plan, out)
 
 
+@bench.command("pod-surge")
+def bench_pod_surge(
+    repository: Repository = DEFAULT_REPOSITORY,
+    cpu: Annotated[float, typer.Option(help="CPU cores of the pod's quota")] = 0.15,
+    base: Annotated[float, typer.Option(help="requests/s before the surge")] = 2.3,
+    surge: Annotated[float, typer.Option(help="the surge's factor over the base")] = 10.0,
+    base_s: Annotated[float, typer.Option(help="seconds of base load")] = 20.0,
+    surge_s: Annotated[float, typer.Option(help="seconds of surge")] = 6.0,
+    runs: Annotated[int, typer.Option(min=1, help="pods started, one surge each")] = 5,
+    out: Annotated[Path | None, typer.Option(help="write JSON results here")] = None,
+) -> None:
+    """One effects pod under its CPU quota (as the autoscaler starts it) meets a 10x
+    surge alone: answered in time, refused at once, or let run past the 5 s deadline
+    (a 504 in the drill); root, for the cgroup (docs/benchmarks.md)."""
+    with _exit_2_on_error():
+        _positive(cpu=cpu, base=base, surge=surge, base_s=base_s, surge_s=surge_s)
+        from loadtest import bench_podsurge as module
+
+        plan = module.PodSurgePlan(
+            repository, cpu, base, surge, base_s=base_s, surge_s=surge_s, runs=runs
+        )
+        module.benchmark(plan, out)
+
+
 @bench.command("mesh")
 def bench_mesh(
     repository: Repository = DEFAULT_REPOSITORY,

@@ -159,6 +159,12 @@ class DynamicBatcher:
         queued = sum(p.rows for p in self._queue if p.alive())
         return (queued + self._running_rows + rows) * self._pace_s()
 
+    def _parallel(self) -> int:
+        """Instances that run side by side: all of them, or as many as the quota's
+        whole cores (at least one); more only slow each other and the pod's loop."""
+        limit = self._budget.limit()
+        return self._instances if limit is None else min(self._instances, max(1, int(limit)))
+
     def _pace_s(self) -> float:
         """Seconds per row the pod keeps up, all instances together: the measured wall
         time per row over the instances that run side by side, and under a CPU quota no
@@ -167,8 +173,7 @@ class DynamicBatcher:
         limit = self._budget.limit()
         if limit is None:
             return self._row_s / self._instances
-        parallel = min(self._instances, max(1, int(limit)))  # instances the quota runs
-        pace = self._row_s / parallel
+        pace = self._row_s / self._parallel()
         if self._cpu_row_s is not None:
             pace = max(pace, self._cpu_row_s * self._budget.overhead / limit)
         if self._busy_row_s is not None:  # what it kept while backlogged
@@ -242,6 +247,9 @@ class DynamicBatcher:
         while True:
             await self._slots.acquire()
             try:
+                while self._running and len(self._running) >= self._parallel():
+                    done = asyncio.FIRST_COMPLETED  # under a small quota: one at a time
+                    await asyncio.wait(set(self._running), return_when=done)
                 batch = await self._next_batch()
             except BaseException:
                 self._slots.release()

@@ -37,8 +37,9 @@ def test_cgroup_v2_quota(tmp_path):
 
 
 async def test_under_a_small_quota_two_instances_count_as_one():
-    waits = {}
-    for label, limit in (("no quota", None), ("0.15 CPU", 0.15)):
+    # and run as one: under 0.15 CPU a second one only slows the first and the loop
+    waits, side_by_side = {}, {}
+    for label, limit, running in (("no quota", None, 2), ("0.15 CPU", 0.15, 1)):
         model = SlowModel(0.05)
         batcher = DynamicBatcher(
             execute=model.execute,
@@ -51,12 +52,17 @@ async def test_under_a_small_quota_two_instances_count_as_one():
         await batcher.submit(row(0), 1)  # measures seconds per row
         model.gate.clear()
         held = [asyncio.ensure_future(batcher.submit(row(i), 1)) for i in range(4)]
-        await model.started(3)
-        await queued(batcher, 2)
+        await model.started(1 + running)
+        await queued(batcher, 4 - running)
+        for _ in range(100):  # the scheduler has every chance to start another
+            await asyncio.sleep(0)
+        side_by_side[label] = len(model.batches) - 1
         waits[label] = batcher.expected_wait_s(1)
         model.gate.set()
         await asyncio.wait_for(asyncio.gather(*held), 10)
         await batcher.stop()
+    assert side_by_side == {"no quota": 2, "0.15 CPU": 1}
+    # (4 rows waiting or running + 1) x the row's time, over the instances side by side
     assert waits["0.15 CPU"] == pytest.approx(2 * waits["no quota"], rel=0.25)
 
 
