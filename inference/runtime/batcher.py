@@ -31,18 +31,7 @@ import numpy as np
 from inference.protocol.errors import Overloaded, ServerUnavailable
 from inference.repository.spec import BatchingPolicy
 from inference.runtime.cpu import CpuBudget
-
-
-@dataclass(frozen=True, slots=True)
-class BatchResult:
-    """What a model's ``execute`` returns for one batch (defined here, beside its user,
-    so the batcher does not import ONNX Runtime: servicekit.zygote preloads it)."""
-
-    outputs: list[dict[str, np.ndarray]]
-    compute_s: float
-    #: CPU seconds of the run in its calling thread (ONNX Runtime runs a one-thread
-    #: session there; a larger intra-op pool's threads are not counted). None: unknown
-    cpu_s: float | None = None
+from inference.runtime.results import BatchResult
 
 
 class BatchObserver(Protocol):

@@ -17,7 +17,7 @@ from inference.protocol.datatypes import from_ort_type
 from inference.protocol.errors import InvalidInput
 from inference.repository.autocomplete import ModelIO, ModelTensorInfo
 from inference.repository.spec import ModelSpec
-from inference.runtime.batcher import BatchResult
+from inference.runtime.results import BatchResult
 
 GRAPH_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,

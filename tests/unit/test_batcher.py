@@ -10,8 +10,9 @@ import pytest
 
 from inference.protocol.errors import Overloaded, ServerUnavailable
 from inference.repository.spec import BatchingPolicy
-from inference.runtime.batcher import BatchResult, DynamicBatcher
+from inference.runtime.batcher import DynamicBatcher
 from inference.runtime.cpu import CpuBudget
+from inference.runtime.results import BatchResult
 
 
 class FakeModel:

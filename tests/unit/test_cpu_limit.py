@@ -9,8 +9,9 @@ import asyncio
 import pytest
 
 from inference.protocol.errors import Overloaded
-from inference.runtime.batcher import BatchResult, DynamicBatcher
+from inference.runtime.batcher import DynamicBatcher
 from inference.runtime.cpu import CpuBudget, cpu_limit
+from inference.runtime.results import BatchResult
 from tests.unit.test_batcher import FakeModel, SlowModel, queued, row
 
 
