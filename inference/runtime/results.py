@@ -17,5 +17,3 @@ class BatchResult:
     #: CPU seconds of the run in its calling thread (ONNX Runtime runs a one-thread
     #: session there; a larger intra-op pool's threads are not counted). None: unknown
     cpu_s: float | None = None
-
-
