@@ -11,13 +11,11 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from autoscale.policy import Observation
+from autoscale.traffic import INFLIGHT, counts
 
 log = logging.getLogger("tenfold.autoscale")
 REQUESTS = "tenfold_gateway_arrivals"
-INFLIGHT = "tenfold_gateway_inflight_requests"
 
 
 def fetch_text(url: str, timeout: float) -> str:
@@ -31,17 +29,8 @@ def totals(text: str, routes: Iterable[str]) -> tuple[float, float]:
     Arrivals are counted when a request comes in, before any shedding: a request then
     refused with 429 or 503 is still demand, and a backlog finishing late is not new
     demand."""
-    wanted = set(routes)
-    answered = inflight = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.labels.get("route") not in wanted:
-                continue
-            if sample.name == f"{REQUESTS}_total":
-                answered += sample.value
-            elif sample.name == INFLIGHT:
-                inflight += sample.value
-    return answered, inflight
+    read = counts([text], routes)
+    return read.arrivals, read.inflight
 
 
 class ScrapeSource:

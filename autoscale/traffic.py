@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from prometheus_client.parser import text_string_to_metric_families
 
 ARRIVALS = "tenfold_gateway_arrivals_total"
+INFLIGHT = "tenfold_gateway_inflight_requests"
 ANSWERS = "tenfold_gateway_requests_total"
 LATENCY = "tenfold_gateway_request_duration_seconds_bucket"
 #: answers that refuse work for now (the client may retry): overload, not failure
@@ -26,6 +27,7 @@ class Counts:
     ok: float = 0.0
     shed: float = 0.0
     errors: float = 0.0  # 5xx other than 503
+    inflight: float = 0.0  # requests in flight at the read
     #: the latency histogram's cumulative buckets, (upper bound s, count), ascending
     buckets: tuple[tuple[float, float], ...] = ()
 
@@ -43,7 +45,7 @@ class Traffic:
 def counts(texts: Iterable[str], routes: Iterable[str]) -> Counts:
     """Sum the counters of ``routes`` over exposition ``texts`` (one per gateway)."""
     wanted = set(routes)
-    arrivals = ok = shed = errors = 0.0
+    arrivals = ok = shed = errors = inflight = 0.0
     buckets: dict[float, float] = {}
     for text in texts:
         for family in text_string_to_metric_families(text):
@@ -52,6 +54,8 @@ def counts(texts: Iterable[str], routes: Iterable[str]) -> Counts:
                     continue
                 if sample.name == ARRIVALS:
                     arrivals += sample.value
+                elif sample.name == INFLIGHT:
+                    inflight += sample.value
                 elif sample.name == ANSWERS:
                     code = sample.labels.get("code", "")
                     if code.startswith("2"):
@@ -63,7 +67,7 @@ def counts(texts: Iterable[str], routes: Iterable[str]) -> Counts:
                 elif sample.name == LATENCY:
                     le = float(sample.labels["le"])
                     buckets[le] = buckets.get(le, 0.0) + sample.value
-    return Counts(arrivals, ok, shed, errors, tuple(sorted(buckets.items())))
+    return Counts(arrivals, ok, shed, errors, inflight, tuple(sorted(buckets.items())))
 
 
 def traffic(before: Counts, after: Counts, seconds: float) -> Traffic | None:

@@ -111,6 +111,7 @@ class GatewayCore:
             "feed": (feed.recall_model or feed.user_tower_model, feed.ranker_model),
             "effects": tuple(e.model for e in s.effects.values()),
         }
+        self._route_pools: dict[str, frozenset[str]] = {}
         items = None if deps.feed is None else len(deps.feed.assets.embeddings)
         e = s.events
         self.event_limits = EventLimits(e.max_batch, e.future_tolerance_s, e.max_age_s, items)
@@ -139,14 +140,17 @@ class GatewayCore:
     def endpoints_behind(self, route: str) -> int:
         """Ready endpoints behind ``route``: the fewest of the pools its models live in
         (1 for a route that may call any pool, or none)."""
-        models = self._route_models.get(route)
-        if not models:
+        pools = self._route_pools.get(route)
+        if pools is None:  # resolved once: the model -> pool routing is fixed
+            try:
+                models = self._route_models.get(route, ())
+                pools = frozenset(self.upstream.pool_for_model(m) for m in models)
+            except TenfoldError:
+                pools = frozenset()
+            self._route_pools[route] = pools
+        if not pools:
             return 1
         ready = self.upstream.ready()
-        try:
-            pools = {self.upstream.pool_for_model(m) for m in models}
-        except TenfoldError:
-            return 1
         return max(1, min(ready.get(pool, 0) for pool in pools))
 
     @asynccontextmanager

@@ -148,10 +148,10 @@ class DynamicBatcher:
         queued = sum(p.rows for p in self._queue if p.alive())
         return (queued + self._running_rows + rows) * self._pace_s()
 
-    def _parallel(self) -> int:
-        """Instances that run side by side: all of them, or as many as the quota's
-        whole cores (at least one); more only slow each other and the pod's loop."""
-        limit = self._budget.limit()
+    def _parallel(self, limit: float | None) -> int:
+        """Instances that run side by side under ``limit`` cores of quota: all of them,
+        or as many as its whole cores (at least one); more only slow each other and the
+        pod's loop."""
         return self._instances if limit is None else min(self._instances, max(1, int(limit)))
 
     def _pace_s(self) -> float:
@@ -160,9 +160,9 @@ class DynamicBatcher:
         less than the CPU per row over the quota's cores."""
         assert self._row_s is not None
         limit = self._budget.limit()
+        pace = self._row_s / self._parallel(limit)
         if limit is None:
-            return self._row_s / self._instances
-        pace = self._row_s / self._parallel()
+            return pace
         if self._cpu_row_s is not None:
             pace = max(pace, self._cpu_row_s * self._budget.overhead / limit)
         if self._busy_row_s is not None:  # what it kept while backlogged
@@ -236,7 +236,7 @@ class DynamicBatcher:
         while True:
             await self._slots.acquire()
             try:
-                while self._running and len(self._running) >= self._parallel():
+                while self._running and len(self._running) >= self._parallel(self._budget.limit()):
                     done = asyncio.FIRST_COMPLETED  # under a small quota: one at a time
                     await asyncio.wait(set(self._running), return_when=done)
                 batch = await self._next_batch()
