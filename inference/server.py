@@ -166,7 +166,7 @@ class InferenceServer:
         model = OnnxModel(spec, item.sessions, self._executor)
         feed, rows = warmup_inputs(spec)
         try:
-            await model.execute([feed], [rows])
+            warm = await model.execute([feed], [rows])
         except Exception as exc:
             raise RepositoryError(
                 spec.name, f"version {version}: warm-up inference failed: {exc}"
@@ -181,6 +181,7 @@ class InferenceServer:
             observer=observer,
             budget=self._cpu,
         )
+        batcher.seed(rows, warm)
         batcher.start()
         self._batchers.append(batcher)
         served = ServedVersion(spec, version, batcher, observer)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -138,6 +139,15 @@ class DynamicBatcher:
     @property
     def depth(self) -> int:
         return len(self._queue)
+
+    def seed(self, rows: int, result: BatchResult) -> None:
+        """Judge from a run made outside the queue (the warm-up): without it a new pod
+        admits whatever comes until its first batch has run, and a pod joining a surge
+        is sent the most work, much of it retried with little time left."""
+        if self._row_s is None:
+            self._row_s = result.compute_s / max(1, rows)
+        if self._cpu_row_s is None and result.cpu_s is not None:
+            self._cpu_row_s = result.cpu_s / max(1, rows)
 
     # -- submit ----------------------------------------------------------------------
     def expected_wait_s(self, rows: int) -> float | None:
@@ -316,26 +326,32 @@ class DynamicBatcher:
         return sum(p.rows for p in self._queue if p.alive() and p.signature == head.signature)
 
     def _take(self, head: _Pending, limit: int) -> list[_Pending]:
-        """Take requests in order, compatible with ``head``, up to ``limit`` rows."""
+        """Take requests in order, compatible with ``head``, up to ``limit`` rows, and
+        only while the batch still ends in time for every request already in it: a
+        batch's rows all finish when it ends, so each row added delays the others."""
         taken: list[_Pending] = []
         kept: collections.deque[_Pending] = collections.deque()
         total = 0
         full = False
         now = self._loop.time()
+        due = math.inf  # the earliest deadline among the requests taken
         for pending in self._queue:
             if not pending.alive():
                 continue
             if full or pending.signature != head.signature:
                 kept.append(pending)
                 continue
-            if total + pending.rows > limit and taken:
+            ends = self._batch_end(now, total + pending.rows)
+            if (total + pending.rows > limit and taken) or ends > due:
                 full = True
                 kept.append(pending)
                 continue
-            if self._past_deadline(pending, now, total + pending.rows):
+            if self._past_deadline(pending, ends):
                 continue
             taken.append(pending)
             total += pending.rows
+            if pending.deadline is not None:
+                due = min(due, pending.deadline)
             if not self._merge:
                 full = True
         self._queue = kept
@@ -347,17 +363,20 @@ class DynamicBatcher:
             self._observer.dispatched(total, [now - p.enqueued for p in taken])
         return taken
 
-    def _past_deadline(self, pending: _Pending, now: float, batch_rows: int) -> bool:
-        """Shed ``pending`` if a batch of ``batch_rows`` rows started ``now`` would end
-        past its deadline: the caller gets a fast ``Overloaded`` (retry elsewhere)
-        instead of a late one, and the instance's time goes to answers still wanted."""
-        if pending.deadline is None:
-            return False
-        ends = now
-        if self._row_s is not None:  # this batch alone, or with the rows running at the pace
-            alone = batch_rows * self._row_s
-            ends += max(alone, (self._running_rows + batch_rows) * self._pace_s())
-        if ends <= pending.deadline:
+    def _batch_end(self, now: float, batch_rows: int) -> float:
+        """When a batch of ``batch_rows`` rows started ``now`` would end: alone, or
+        behind the rows running, at the pace (``now`` itself while nothing is measured)."""
+        if self._row_s is None:
+            return now
+        alone = batch_rows * self._row_s
+        return now + max(alone, (self._running_rows + batch_rows) * self._pace_s())
+
+    def _past_deadline(self, pending: _Pending, ends: float) -> bool:
+        """Shed ``pending`` if its batch would end (``ends``) past its deadline: the
+        caller gets a fast ``Overloaded`` (retry elsewhere) instead of a late one, and
+        the instance's time goes to answers still wanted. (A later batch would end later
+        still: the queue is served in order.)"""
+        if pending.deadline is None or ends <= pending.deadline:
             return False
         late_ms = (ends - pending.deadline) * 1000
         self._fail(

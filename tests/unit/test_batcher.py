@@ -438,3 +438,38 @@ async def test_under_a_quota_the_pace_is_what_the_pod_kept_while_backlogged(quot
         assert wait < 0.01  # the instance's own time: microseconds
     else:
         assert wait >= 0.03  # the pace it kept, not the model's microseconds
+
+
+async def test_a_seeded_batcher_refuses_from_its_first_request_what_it_cannot_serve_in_time():
+    # guards docs/autoscale.md: "the warm-up run seeds the pace"
+    model = FakeModel()
+    model.gate.clear()
+    seeded, unseeded = make(model, policy=None, max_batch=1), make(model, policy=None, max_batch=1)
+    seeded.seed(1, BatchResult([], compute_s=0.2))
+    assert seeded.expected_wait_s(1) == pytest.approx(0.2)
+    assert unseeded.expected_wait_s(1) is None
+    running = [asyncio.ensure_future(b.submit(row(1), 1)) for b in (seeded, unseeded)]
+    await model.started(2)
+    with pytest.raises(Overloaded, match="past the request's deadline"):
+        await seeded.submit(row(2), 1, deadline_s=0.3)  # behind the running row: 0.4 s
+    admitted = asyncio.ensure_future(unseeded.submit(row(2), 1, deadline_s=0.3))
+    await queued(unseeded, 1)  # unmeasured, it queues what it cannot judge
+    model.gate.set()
+    done = await asyncio.wait_for(asyncio.gather(*running, admitted), 10)
+    assert [float(r["y"][0, 0]) for r in done] == [2.0, 2.0, 4.0]
+    await asyncio.gather(seeded.stop(), unseeded.stop())
+
+
+@pytest.mark.timing
+async def test_a_batch_stops_growing_where_one_row_more_would_end_it_past_a_deadline_in_it():
+    # guards docs/autoscale.md: "a batch takes rows only while it still ends in time for
+    # every request already in it" (its rows all finish when it ends)
+    model = FakeModel()
+    batcher = make(model, policy=BatchingPolicy(max_queue_delay_s=0.05), max_batch=8)
+    batcher.seed(1, BatchResult([], compute_s=1.0))  # judged at 1 s a row
+    hurried = batcher.submit(row(1), 1, deadline_s=2.55)  # fits a batch of 2, not of 3
+    patient = [batcher.submit(row(i), 1, deadline_s=30) for i in (2, 3, 4)]
+    done = await asyncio.wait_for(asyncio.gather(hurried, *patient), 10)
+    assert [float(r["y"][0, 0]) for r in done] == [2.0, 4.0, 6.0, 8.0]
+    assert model.batches == [[1, 1], [1, 1]]  # one batch of 4 would end at ~4 s
+    await batcher.stop()
