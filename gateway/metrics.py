@@ -84,6 +84,13 @@ class GatewayMetrics:
             ("pool",),
             registry=r,
         )
+        self.full = Counter(
+            "tenfold_gateway_upstream_full",
+            "Requests shed because every endpoint of the pool reported a wait past the "
+            "request's time left (no pod was sent them).",
+            ("pool",),
+            registry=r,
+        )
         self.upstream_latency = Histogram(
             "tenfold_gateway_upstream_duration_seconds",
             "Time of one call to an inference pool, by pool and outcome.",

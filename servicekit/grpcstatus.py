@@ -16,13 +16,20 @@ def status_code(exc: TenfoldError) -> grpc.StatusCode:
     return grpc.StatusCode[exc.code]
 
 
-async def abort(context: grpc.aio.ServicerContext, exc: BaseException, log: logging.Logger):
-    """End the call with ``exc``'s status; anything not a ``TenfoldError`` is logged and
-    answered INTERNAL with a generic message."""
+async def abort(
+    context: grpc.aio.ServicerContext,
+    exc: BaseException,
+    log: logging.Logger,
+    trailers: tuple[tuple[str, str], ...] = (),
+):
+    """End the call with ``exc``'s status (and ``trailers``); anything not a
+    ``TenfoldError`` is logged and answered INTERNAL with a generic message."""
     if not isinstance(exc, TenfoldError):
         log.error("unhandled error in gRPC handler", exc_info=exc)
         exc = InternalError()
     seconds = retry_after_seconds(exc)
     if seconds is not None:
-        context.set_trailing_metadata(((RETRY_AFTER, str(seconds)),))
+        trailers = ((RETRY_AFTER, str(seconds)), *trailers)
+    if trailers:
+        context.set_trailing_metadata(trailers)
     await context.abort(status_code(exc), exc.message)

@@ -4,6 +4,12 @@
 one endpoint by the power of two choices on in-flight requests among the endpoints that
 are not ejected (an ejected endpoint whose period is over gets one probe request: if it
 succeeds it is back, if it fails it is ejected again for twice as long).
+
+An endpoint's last load report (``inference.protocol.loadreport``: the wait of one more
+row in its queue, and its pace per row) gives ``expected_wait``: the reported wait less
+the time since, plus a row for each request sent to it since. ``choose(within_s=...)``
+passes over endpoints that would not serve a request within its time left: the pod
+would refuse it, after paying to receive it.
 """
 
 from __future__ import annotations
@@ -11,6 +17,8 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from inference.protocol.loadreport import LoadReport
 
 
 @dataclass(frozen=True)
@@ -30,6 +38,26 @@ class EndpointState:
         self.ejected_until: float | None = None
         self.probing = False
         self.healthy = True  # set by the active health check
+        #: the endpoint's last load report and when it came (None: none yet)
+        self.report: tuple[LoadReport, float] | None = None
+        self.sent_since_report = 0
+
+    def reported(self, report: LoadReport | None, now: float) -> None:
+        if report is not None:
+            self.report = (report, now)
+            self.sent_since_report = 0
+
+    def expected_wait(self, now: float) -> float | None:
+        """Seconds a request sent now would wait to be served (None: no report)."""
+        if self.report is None:
+            return None
+        report, at = self.report
+        queued = max(report.row_s, report.wait_s - (now - at))
+        return queued + self.sent_since_report * report.row_s
+
+    def serves_within(self, within_s: float | None, now: float) -> bool:
+        wait = None if within_s is None else self.expected_wait(now)
+        return wait is None or wait <= within_s
 
     def available(self, now: float) -> bool:
         if not self.healthy:
@@ -43,6 +71,7 @@ class EndpointState:
 
     def started(self, now: float) -> None:
         self.inflight += 1
+        self.sent_since_report += 1
         if self.ejected_until is not None and now >= self.ejected_until:
             self.probing = True
 
@@ -71,9 +100,15 @@ def choose(
     now: float,
     rng: random.Random,
     exclude: frozenset[str] = frozenset(),
+    within_s: float | None = None,
 ) -> EndpointState | None:
-    """Power of two choices on in-flight among available endpoints not in ``exclude``."""
-    candidates = [e for e in endpoints if e.address not in exclude and e.available(now)]
+    """Power of two choices on in-flight among available endpoints not in ``exclude``
+    (and, given ``within_s``, expected to serve within it)."""
+    candidates = [
+        e
+        for e in endpoints
+        if e.address not in exclude and e.available(now) and e.serves_within(within_s, now)
+    ]
     if not candidates:
         return None
     if len(candidates) == 1:

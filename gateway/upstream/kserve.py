@@ -22,10 +22,14 @@ async def call_raw(
     """Send serialised ``request`` to ``path`` on one endpoint of ``pool``."""
 
     async def attempt(endpoint: Endpoint, timeout_s: float) -> bytes:
+        call = endpoint.method(path)(request, timeout=timeout_s, metadata=metadata)
         try:
-            return await endpoint.method(path)(request, timeout=timeout_s, metadata=metadata)
+            raw = await call
         except grpc.aio.AioRpcError as exc:
+            pool.reported(endpoint, exc.trailing_metadata())
             raise from_status(exc.code().name, exc.details(), pool.name) from None
+        pool.reported(endpoint, await call.trailing_metadata())
+        return raw
 
     return await pool.call(attempt, deadline)
 

@@ -22,7 +22,8 @@ from gateway.metrics import GatewayMetrics
 from gateway.settings import EndpointSettings
 from gateway.upstream.balancer import EjectionPolicy, EndpointState, choose
 from gateway.upstream.errors import UpstreamError
-from inference.protocol.errors import DeadlineExceeded, ServerUnavailable
+from inference.protocol.errors import DeadlineExceeded, Overloaded, ServerUnavailable
+from inference.protocol.loadreport import parse
 from protos.kserve.v2 import grpc_service_pb2 as pb
 from servicekit.kserve_grpc import method_path
 
@@ -143,32 +144,47 @@ class Pool:
         while True:
             if self.remaining(deadline) <= 0:
                 raise DeadlineExceeded(f"deadline expired before pool {self.name!r} answered")
-            endpoint = self._pick(tried)
+            endpoint = self._pick(tried, self.remaining(deadline))
             try:
                 return await self._attempt_or_hedge(endpoint, attempt, deadline, tried)
             except UpstreamError as exc:
                 if not exc.retryable or self.remaining(deadline) <= 0:
                     raise exc.error from None
-                if self._pick_or_none(tried) is None:
+                if self._pick_or_none(tried, self.remaining(deadline)) is None:
                     raise exc.error from None
                 if not self.budget.withdraw(self.deps.clock()):
                     raise exc.error from None
                 self.deps.metrics.retries.labels(self.name, "retry").inc()
 
-    def _pick_or_none(self, tried: set[str]) -> Endpoint | None:
+    def _pick_or_none(self, tried: set[str], within_s: float | None = None) -> Endpoint | None:
         now = self.deps.clock()
         states = [e.state for e in self.endpoints]
-        state = choose(states, now, self.deps.rng, frozenset(tried))
+        state = choose(states, now, self.deps.rng, frozenset(tried), within_s)
         if state is None:
             return None
         return next(e for e in self.endpoints if e.state is state)
 
-    def _pick(self, tried: set[str]) -> Endpoint:
-        endpoint = self._pick_or_none(tried)
-        if endpoint is None:
+    def _pick(self, tried: set[str], within_s: float) -> Endpoint:
+        """An endpoint expected to serve within ``within_s``; if every available one is
+        reported full, the request is shed here (``Overloaded``), costing no pod."""
+        endpoint = self._pick_or_none(tried, within_s)
+        if endpoint is not None:
+            tried.add(endpoint.address)
+            return endpoint
+        if self._pick_or_none(tried) is None:
             raise ServerUnavailable(f"pool {self.name!r} has no available endpoint")
-        tried.add(endpoint.address)
-        return endpoint
+        now = self.deps.clock()
+        waits = [e.state.expected_wait(now) for e in self.endpoints]
+        shortest = min(w for w in waits if w is not None)
+        self.deps.metrics.full.labels(self.name).inc()
+        raise Overloaded(
+            f"pool {self.name!r} is full: its shortest wait is {shortest * 1000:.0f} ms, "
+            f"past the request's {within_s * 1000:.0f} ms left; retry later"
+        )
+
+    def reported(self, endpoint: Endpoint, metadata) -> None:
+        """Keep ``endpoint``'s load report from an answer's trailing ``metadata``."""
+        endpoint.state.reported(parse(metadata), self.deps.clock())
 
     async def _attempt_or_hedge(self, endpoint, attempt, deadline, tried) -> T:
         hedge_after = self.deps.hedge_after_s

@@ -62,9 +62,17 @@ class InferenceServicer:
             await _abort(context, exc)
 
     async def ModelInfer(self, request, context):
+        served = None
         try:
-            self._dp.servable(request.model_name, request.model_version)
+            served = self._dp.servable(request.model_name, request.model_version)
             response = await self._dp.infer(decode_request(request), context.time_remaining())
         except Exception as exc:
-            await _abort(context, exc)
+            await abort(context, exc, log, _load(served))
+        context.set_trailing_metadata(_load(served))
         return encode_response(response)
+
+
+def _load(served) -> tuple[tuple[str, str], ...]:
+    """The load report of the model version that was asked (none if it was unknown)."""
+    report = None if served is None else served.batcher.load_report()
+    return () if report is None else report.metadata()

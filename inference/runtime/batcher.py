@@ -30,6 +30,7 @@ from typing import Protocol
 import numpy as np
 
 from inference.protocol.errors import Overloaded, ServerUnavailable
+from inference.protocol.loadreport import LoadReport
 from inference.repository.spec import BatchingPolicy
 from inference.runtime.cpu import CpuBudget
 from inference.runtime.results import BatchResult
@@ -118,6 +119,9 @@ class DynamicBatcher:
         #: when the last batch finished, and whether requests were waiting then
         self._last_done: tuple[float, bool] | None = None
         self._running_rows = 0
+        #: how much longer batches ran than judged when they started (>= 1): rises at
+        #: once, falls slowly; a batch's end is judged with it
+        self._slip = 1.0
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
@@ -157,6 +161,11 @@ class DynamicBatcher:
             return None
         queued = sum(p.rows for p in self._queue if p.alive())
         return (queued + self._running_rows + rows) * self._pace_s()
+
+    def load_report(self) -> LoadReport | None:
+        """What the pod tells the gateway with each answer (None: not measured)."""
+        wait = self.expected_wait_s(1)
+        return None if wait is None else LoadReport(wait, self._pace_s())
 
     def _parallel(self, limit: float | None) -> int:
         """Instances that run side by side under ``limit`` cores of quota: all of them,
@@ -363,13 +372,24 @@ class DynamicBatcher:
             self._observer.dispatched(total, [now - p.enqueued for p in taken])
         return taken
 
-    def _batch_end(self, now: float, batch_rows: int) -> float:
+    def _batch_end(self, now: float, batch_rows: int, slip: bool = True) -> float:
         """When a batch of ``batch_rows`` rows started ``now`` would end: alone, or
-        behind the rows running, at the pace (``now`` itself while nothing is measured)."""
+        behind the rows running, at the pace (``now`` itself while nothing is measured),
+        times the slip measured so far (unless ``slip`` is False)."""
         if self._row_s is None:
             return now
         alone = batch_rows * self._row_s
-        return now + max(alone, (self._running_rows + batch_rows) * self._pace_s())
+        judged = max(alone, (self._running_rows + batch_rows) * self._pace_s())
+        return now + judged * (self._slip if slip else 1.0)
+
+    def _slipped(self, judged_s: float, took_s: float) -> None:
+        """Learn how far a batch's time slipped past its judgement: under a quota a
+        surge slowed the pace by 75 % within one batch (receiving, being throttled
+        among more processes), and every row of that batch ended late."""
+        if judged_s <= 0:
+            return
+        sample = min(4.0, max(1.0, took_s / judged_s))
+        self._slip = sample if sample > self._slip else 0.9 * self._slip + 0.1 * sample
 
     def _past_deadline(self, pending: _Pending, ends: float) -> bool:
         """Shed ``pending`` if its batch would end (``ends``) past its deadline: the
@@ -417,11 +437,14 @@ class DynamicBatcher:
         if not batch:
             return
         rows = sum(p.rows for p in batch)
-        self._running_rows += rows
         started = self._loop.time()
+        judged = self._batch_end(started, rows, slip=False) - started
+        self._running_rows += rows
         try:
             result = await self._execute([p.inputs for p in batch], [p.rows for p in batch])
-            per_row = (self._loop.time() - started) / rows
+            took = self._loop.time() - started
+            self._slipped(judged, took)
+            per_row = took / rows
             self._row_s = per_row if self._row_s is None else 0.8 * self._row_s + 0.2 * per_row
             if result.cpu_s is not None:
                 self._budget.charge(result.cpu_s)

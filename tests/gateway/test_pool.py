@@ -15,7 +15,8 @@ from gateway.settings import EndpointSettings
 from gateway.upstream.balancer import EjectionPolicy, EndpointState
 from gateway.upstream.errors import UpstreamError
 from gateway.upstream.pools import Pool, PoolDeps, PoolRegistry
-from inference.protocol.errors import DeadlineExceeded, InvalidInput, ServerUnavailable
+from inference.protocol.errors import DeadlineExceeded, InvalidInput, Overloaded, ServerUnavailable
+from inference.protocol.loadreport import LoadReport
 
 
 def make_pool(n=3, ratio=0.2, floor=0.0, hedge=None, after_failures=3, metrics=None) -> Pool:
@@ -232,3 +233,42 @@ async def test_update_closes_an_idle_removed_endpoint_and_keeps_the_others():
     assert registry.get("p").endpoints[0] is b and not b.closed.is_set()
     assert [e.address for e in registry.get("p").endpoints] == ["b:1", "c:1"]
     await registry.close()
+
+
+def test_an_endpoints_expected_wait_follows_its_report_the_clock_and_what_was_sent_since():
+    state = EndpointState("a", EjectionPolicy())
+    assert state.expected_wait(0.0) is None and state.serves_within(0.1, 0.0)
+    state.reported(LoadReport(wait_s=3.0, row_s=0.5), now=10.0)
+    assert state.expected_wait(11.0) == pytest.approx(2.0)  # the queue drained a second
+    assert state.expected_wait(20.0) == pytest.approx(0.5)  # never less than one row
+    state.started(11.0)
+    state.started(11.0)
+    assert state.expected_wait(11.0) == pytest.approx(3.0)  # two rows more
+    assert not state.serves_within(2.9, 11.0) and state.serves_within(3.0, 11.0)
+    state.reported(None, 12.0)  # an answer without a report changes nothing
+    assert state.expected_wait(12.0) == pytest.approx(2.0)
+
+
+async def test_a_full_pool_sheds_without_sending_and_a_free_endpoint_still_gets_the_request():
+    metrics = GatewayMetrics()
+    pool = make_pool(n=2, metrics=metrics)
+    now = time.monotonic()
+    busy, free = pool.endpoints
+    busy.state.reported(LoadReport(wait_s=30.0, row_s=0.3), now)
+    sent = []
+
+    async def attempt(endpoint, timeout_s):
+        sent.append(endpoint.address)
+        return "ok"
+
+    for _ in range(5):
+        assert await pool.call(attempt, time.monotonic() + 5) == "ok"
+    assert sent == [free.address] * 5
+    free.state.reported(LoadReport(wait_s=9.0, row_s=0.3), time.monotonic())
+    with pytest.raises(Overloaded, match="pool 'p' is full"):
+        await pool.call(attempt, time.monotonic() + 5)
+    assert len(sent) == 5  # no pod was sent it
+    assert (
+        metrics.registry.get_sample_value("tenfold_gateway_upstream_full_total", {"pool": "p"}) == 1
+    )
+    await pool.close()

@@ -473,3 +473,16 @@ async def test_a_batch_stops_growing_where_one_row_more_would_end_it_past_a_dead
     assert [float(r["y"][0, 0]) for r in done] == [2.0, 4.0, 6.0, 8.0]
     assert model.batches == [[1, 1], [1, 1]]  # one batch of 4 would end at ~4 s
     await batcher.stop()
+
+
+async def test_a_batch_is_judged_with_how_far_batches_slipped_past_their_judgement():
+    # guards docs/autoscale.md: "a batch's end is judged with the slip measured so far"
+    model = SlowModel(0.3)
+    batcher = make(model, policy=None, max_batch=1)
+    batcher.seed(1, BatchResult([], compute_s=0.1))  # judged 0.1 s a row; it takes 0.3
+    await batcher.submit(row(1), 1)  # slipped ~3x; the pace it learns is 0.14 s
+    assert batcher.expected_wait_s(1) < 0.25  # admission still judges by the pace ...
+    with pytest.raises(Overloaded, match="shed before running"):
+        await batcher.submit(row(2), 1, deadline_s=0.25)  # ... the batch, with the slip
+    assert model.batches == [[1]]  # it never ran (it would have ended at ~0.3 s)
+    await batcher.stop()
