@@ -61,6 +61,12 @@ class _NullObserver:
 #: ``max_queue_delay``, so a remaining delay below this is not waited for.
 TIMER_RESOLUTION_S = 0.001
 
+#: a batch lasts at most this share of the time its most pressed request has left, so
+#: each queued request is judged again several times before its deadline: a batch's rows
+#: are held until it ends, and one that slips (a surge's first batches ran 75 % past
+#: their judgement) makes only its own rows late, the next one being judged with the slip
+BATCH_SHARE_OF_DEADLINE = 0.25
+
 Execute = Callable[[Sequence[dict[str, np.ndarray]], Sequence[int]], Awaitable[BatchResult]]
 
 
@@ -336,8 +342,9 @@ class DynamicBatcher:
 
     def _take(self, head: _Pending, limit: int) -> list[_Pending]:
         """Take requests in order, compatible with ``head``, up to ``limit`` rows, and
-        only while the batch still ends in time for every request already in it: a
-        batch's rows all finish when it ends, so each row added delays the others."""
+        only while the batch lasts at most ``BATCH_SHARE_OF_DEADLINE`` of the time its
+        most pressed request has left: a batch's rows all finish when it ends, so each
+        row added delays the others (and a batch that slips makes all its rows late)."""
         taken: list[_Pending] = []
         kept: collections.deque[_Pending] = collections.deque()
         total = 0
@@ -351,7 +358,9 @@ class DynamicBatcher:
                 kept.append(pending)
                 continue
             ends = self._batch_end(now, total + pending.rows)
-            if (total + pending.rows > limit and taken) or ends > due:
+            pressed = min(due, math.inf if pending.deadline is None else pending.deadline)
+            too_long = ends - now > (pressed - now) * BATCH_SHARE_OF_DEADLINE
+            if taken and (total + pending.rows > limit or too_long):
                 full = True
                 kept.append(pending)
                 continue

@@ -461,13 +461,13 @@ async def test_a_seeded_batcher_refuses_from_its_first_request_what_it_cannot_se
 
 
 @pytest.mark.timing
-async def test_a_batch_stops_growing_where_one_row_more_would_end_it_past_a_deadline_in_it():
-    # guards docs/autoscale.md: "a batch takes rows only while it still ends in time for
-    # every request already in it" (its rows all finish when it ends)
+async def test_a_batch_lasts_at_most_a_quarter_of_its_most_pressed_requests_time_left():
+    # guards docs/autoscale.md: "a batch takes rows only while it lasts at most a quarter
+    # of the time its most pressed request has left" (its rows all finish when it ends)
     model = FakeModel()
     batcher = make(model, policy=BatchingPolicy(max_queue_delay_s=0.05), max_batch=8)
     batcher.seed(1, BatchResult([], compute_s=1.0))  # judged at 1 s a row
-    hurried = batcher.submit(row(1), 1, deadline_s=2.55)  # fits a batch of 2, not of 3
+    hurried = batcher.submit(row(1), 1, deadline_s=8.5)  # a quarter: 2 rows, not 3
     patient = [batcher.submit(row(i), 1, deadline_s=30) for i in (2, 3, 4)]
     done = await asyncio.wait_for(asyncio.gather(hurried, *patient), 10)
     assert [float(r["y"][0, 0]) for r in done] == [2.0, 4.0, 6.0, 8.0]
