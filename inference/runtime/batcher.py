@@ -9,7 +9,10 @@ preferred size is reached. Requests carrying several rows count as several rows.
 The queue is bounded (``max_queue_size`` requests) and each request may have a queue
 timeout: excess and expired requests fail at once with ``Overloaded``. A request with
 a deadline is refused at submit when the queue cannot serve it in time, and shed at
-dispatch when its batch would end past it (``Overloaded`` again). Under a CPU quota
+dispatch when its batch would end past it (``Overloaded`` again); a batch stops
+growing where it would last more than ``BATCH_SHARE_OF_DEADLINE`` of the time its most
+pressed request has left (the first request is taken whatever it lasts, if it ends in
+time). Under a CPU quota
 the estimate is no faster than the quota allows: each row's CPU seconds (measured in
 the thread that runs it, times the pod's overhead: ``inference.runtime.cpu``) over the
 quota's cores, since a pod's warm-up and its first rows can run on unspent quota (or a
