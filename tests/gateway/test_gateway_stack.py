@@ -365,7 +365,9 @@ def test_client_deadline_is_the_upstream_deadline(held_gateway, gate):
             )
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     left = gate.wait_calls(calls + 1)[calls]
-    assert left is not None and 0 < left <= 1.0, left  # not the route's 5 s
+    # gRPC rounds a timeout up when it encodes it (grpc-timeout), at each hop, so the
+    # time left upstream may read a few ms over the client's 1 s: never near the 5 s
+    assert left is not None and 0 < left < 1.25, left  # not the route's 5 s
 
     # the same over HTTP with x-request-timeout-ms; HTTP has no client-side deadline,
     # so the 504 is the gateway's own answer when the upstream call runs out
