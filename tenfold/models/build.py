@@ -6,7 +6,7 @@ Repository written (see docs/models.md for the formats):
     <out>/feed_user_tower/{config.pbtxt, 1/model.onnx, item_embeddings.npy, cold_start_pool.npy,
                            item_creator.npy, feed_assets.json}
     <out>/feed_ranker/{config.pbtxt, 1/model.onnx}
-    <out>/effects_cartoon/{config.pbtxt, 1/model.onnx, before_after.png}
+    <out>/effects_cartoon/{config.pbtxt, 1/model.onnx, before_after.png, pytorch/day_one.pt}
     each model also: validation.npz and pytorch/model.pt (for ``tenfold optimize``)
     <out>/build_report.json
 """
@@ -150,7 +150,10 @@ def build(out: Path, quick: bool = False, seed: int = 7, console=None) -> Built:
     cfg = SimConfig.quick() if quick else SimConfig()
     cfg = SimConfig(**{**cfg.__dict__, "seed": seed})
     epochs = {"ranker": 2, "recall": 5} if quick else {"ranker": 1, "recall": 1}
-    effect_steps = 200 if quick else 1200
+    #: the served painting network (PaintUNet) and the day-one one (EffectNet, the naive
+    #: peer's model and the picture's third column)
+    effect_steps, effect_crop = (600, 96) if quick else (4800, 128)
+    day_one_steps = 200 if quick else 1200
     report: dict = {"quick": quick, "seed": seed, "sizes": cfg.__dict__, "timings_s": {}}
     start = time.perf_counter()
     columns = (
@@ -182,9 +185,22 @@ def build(out: Path, quick: bool = False, seed: int = 7, console=None) -> Built:
         embeddings = feed.item_embeddings(two_tower, cfg.items)
         pool = feed.cold_start_pool(data, COLD_START_POOL)
         report["recall"] = feed.evaluate_recall(two_tower, data, embeddings, pool)
-        effect_net, photos = effects.train(effect_steps, 96, lambda f: progress("effects", f), seed)
+        # the bar: the day-one network first (a step of it costs ~2x the served one's)
+        share = 2 * day_one_steps / (2 * day_one_steps + effect_steps)
+        day_one, photos = effects.train(
+            day_one_steps, 96, lambda f: progress("effects", share * f), seed
+        )
+        effect_net, _ = effects.train(
+            effect_steps,
+            effect_crop,
+            lambda f: progress("effects", share + (1 - share) * f),
+            seed,
+            net=effects.PaintUNet,
+            augment=True,
+        )
         progress("effects", 1.0)
         report["effects"] = effects.evaluate(effect_net, photos)
+        report["effects_day_one"] = effects.evaluate(day_one, photos)
         report["timings_s"]["train"] = time.perf_counter() - start
 
         modules, held_out = _export_feed(out, data, ranker, two_tower, embeddings, pool)
@@ -201,7 +217,9 @@ def build(out: Path, quick: bool = False, seed: int = 7, console=None) -> Built:
             },
         )
         (effects_dir / "config.pbtxt").write_text(EFFECTS_CONFIG)
-        effects.before_after(effect_net, photos, effects_dir / "before_after.png")
+        effects.before_after(
+            {"day one": day_one, "served": effect_net}, photos, effects_dir / "before_after.png"
+        )
         modules["effects_cartoon"] = effect_net
         held_out["effects_cartoon"] = {"image": images}
         report["parity_max_abs_diff"] = {
@@ -233,6 +251,7 @@ def build(out: Path, quick: bool = False, seed: int = 7, console=None) -> Built:
             validation.write_inputs(out / name, held_out[name])
         for name, module in modules.items():
             validation.save_module(module, out / name)
+        validation.save_module(day_one, effects_dir, "day_one.pt")
         progress("export + parity", 1.0)
     report["timings_s"]["total"] = time.perf_counter() - start
     for name, diff in report["parity_max_abs_diff"].items():

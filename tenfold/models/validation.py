@@ -34,9 +34,9 @@ RANKER_IMPRESSIONS = 30_000
 TOPK_USERS, TOPK_CANDIDATES = 200, 300
 
 
-def save_module(module: torch.nn.Module, model_dir: Path) -> None:
+def save_module(module: torch.nn.Module, model_dir: Path, name: str = "model.pt") -> None:
     (model_dir / "pytorch").mkdir(parents=True, exist_ok=True)
-    torch.save(module, model_dir / "pytorch" / "model.pt")
+    torch.save(module, model_dir / "pytorch" / name)
 
 
 def _save(model_dir: Path, kind: str, arrays: dict[str, np.ndarray]) -> None:

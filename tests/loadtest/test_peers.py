@@ -105,7 +105,9 @@ def test_naive_effects_server_paints_like_the_model(quick_repo):
     assert answer.status_code == 200 and answer.headers["content-type"] == "image/jpeg"
     served = np.asarray(Image.open(io.BytesIO(answer.content)), np.float32)
     assert served.shape == (256, 256, 3), label
-    module, _ = day_one_module(quick_repo)
+    module, path = day_one_module(quick_repo)
+    # the build keeps the day-one network for this peer (docs/models.md)
+    assert path.name == "day_one.pt" and type(module).__name__ == "EffectNet", path
     torch.set_num_threads(1)
     local = np.asarray(Image.open(io.BytesIO(render(module, data, 256))), np.float32)
     assert np.abs(served - local).max() == 0  # the same code path, deterministic

@@ -52,15 +52,57 @@ def test_recall_beats_the_popularity_pool(built):
 def test_effects_cnn_learned_the_effect(built):
     out, result = built
     for photo, figures in result.report["effects"].items():
-        # on photos it never saw, the CNN's output is nearer the hand-written effect
-        # than the photo itself is: measured gain 1.73 .. 2.22 dB (cat, coffee), bar
-        # 1.2 dB (margin 0.5 dB; a near-identity network gains ~0 dB, half the training
-        # steps 0.75 .. 1.04 dB)
+        # on photos it never saw, the served CNN's output is nearer the hand-written
+        # effect than the photo itself is, by at least the day-one network's bar: gain
+        # measured 2.71 .. 3.63 dB (cat, coffee), bar 1.2 dB (a near-identity network
+        # gains ~0 dB)
         assert figures["psnr_db"] >= figures["input_psnr_db"] + 1.2, (photo, figures)
-        # measured 17.05 .. 17.46 dB and SSIM 0.414 .. 0.470: bars 16.5 dB, 0.37
-        assert figures["psnr_db"] >= 16.5, (photo, figures)
-        assert figures["ssim"] >= 0.37, (photo, figures)
+        # measured 18.37 .. 18.50 dB and SSIM 0.497 .. 0.592: bars 17.8 dB, 0.45
+        assert figures["psnr_db"] >= 17.8, (photo, figures)
+        assert figures["ssim"] >= 0.45, (photo, figures)
+        # and at least as near as the day-one network trained in the same build
+        # (measured 17.65 / 0.440 and 17.17 / 0.468 at its 200 quick steps)
+        day_one = result.report["effects_day_one"][photo]
+        assert figures["psnr_db"] >= day_one["psnr_db"], (photo, figures, day_one)
+        assert figures["ssim"] >= day_one["ssim"], (photo, figures, day_one)
     assert (out / "effects_cartoon" / "before_after.png").stat().st_size > 10_000
+
+
+def _conv_macs(module: torch.nn.Module, side: int = 256) -> int:
+    """Multiply-accumulates of every convolution for one side x side image."""
+    total = 0
+
+    def count(conv, _inputs, output):
+        nonlocal total
+        kh, kw = conv.kernel_size
+        total += output.numel() * conv.in_channels // conv.groups * kh * kw
+
+    convs = [m for m in module.modules() if isinstance(m, torch.nn.Conv2d)]
+    hooks = [c.register_forward_hook(count) for c in convs]
+    with torch.inference_mode():
+        module(torch.rand(1, 3, side, side))
+    for hook in hooks:
+        hook.remove()
+    return total
+
+
+def test_the_served_painting_network_is_the_cheaper_one(built):
+    # guards docs/models.md: the served effects model is PaintUNet, at ~0.4 of the
+    # day-one EffectNet's multiply-accumulates, and the day-one network is kept beside it
+    # (pytorch/day_one.pt) for the naive peer; both are nearer the effect than the photo
+    out, result = built
+    folder = out / "effects_cartoon" / "pytorch"
+    served = torch.load(folder / "model.pt", weights_only=False).eval()
+    day_one = torch.load(folder / "day_one.pt", weights_only=False).eval()
+    assert type(served).__name__ == "PaintUNet" and type(day_one).__name__ == "EffectNet"
+    # measured 0.40 (415 M against 1,030 M MAC at 256x256); the bar is half
+    assert _conv_macs(served) <= 0.5 * _conv_macs(day_one), (
+        _conv_macs(served),
+        _conv_macs(day_one),
+    )
+    for photo, figures in result.report["effects_day_one"].items():
+        # measured gain 2.00 .. 2.31 dB at 200 quick steps: it learned the effect too
+        assert figures["psnr_db"] >= figures["input_psnr_db"] + 1.2, (photo, figures)
 
 
 def _validation_inputs(model_dir, input_names) -> dict[str, np.ndarray]:
