@@ -143,12 +143,15 @@ def test_effect_http_png_equals_the_model_on_the_pod(gateway, pods):
     # the documented preprocessing and the model run straight on a pod give the same
     # pixels (PNG is lossless; 1 level for float rounding on the way). The docs do not
     # say whether the resampling may read the pixels just outside the crop (Pillow's
-    # fit with a crop box does, on the outermost row or column), so that ring is left out
+    # fit with a crop box does, on the outermost row or column), so a ring is left out:
+    # 4 pixels, as the served network's half-resolution layers (a stride-2 4x4 stem,
+    # 3x3 convolutions at 1/2) carry an outermost pixel a few pixels in (measured: one
+    # pixel at 2 levels, 2 pixels from the edge)
     source = centre_square(data, 256)
     expected = np.clip(pod_effect(pods[0], source), 0, 1).transpose(1, 2, 0)
     expected = (expected * 255 + 0.5).astype(int)
     diff = np.abs(got - expected)
-    assert diff[1:-1, 1:-1].max() <= 1
+    assert diff[4:-4, 4:-4].max() <= 1
     assert diff.mean() <= 0.05  # measured 0.004: the ring is a few hundred pixels
     # and it is a stylised image, not the photo: the quick build changes this photo by
     # 6.1 levels on average (measured); the bar leaves 25 % for another machine's build
