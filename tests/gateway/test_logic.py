@@ -219,6 +219,44 @@ def test_reduced_scale_jpeg_decoding_matches_full_decoding(size):
             assert float(diff.mean()) > 0, label
 
 
+def test_decoding_turns_photos_upright_and_reads_non_rgb_images():
+    # docs/gateway.md: decoded, "turned upright by its EXIF orientation", RGB in [0, 1].
+    # A left/right split image, saved rotated with orientation 6 ("rotate 270 to view"),
+    # decodes as the upright image; a palette PNG and an RGBA PNG decode as their RGB
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from gateway.effects import decode
+
+    upright = Image.new("RGB", (64, 64), (255, 0, 0))
+    upright.paste((0, 0, 255), (32, 0, 64, 64))  # left red, right blue
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # what a sideways camera saves
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    out = io.BytesIO()
+    stored.save(out, format="PNG", exif=exif)
+    got = decode(out.getvalue(), 10**6, 32)[0]
+    assert got[0, :, :8].mean() > 0.9 and got[2, :, :8].mean() < 0.1  # red on the left
+    assert got[2, :, -8:].mean() > 0.9 and got[0, :, -8:].mean() < 0.1  # blue on the right
+
+    for mode in ("P", "RGBA"):
+        out = io.BytesIO()
+        upright.convert(mode).save(out, format="PNG")
+        again = decode(out.getvalue(), 10**6, 32)
+        assert again.dtype == np.float32 and again.shape == (1, 3, 32, 32), mode
+        assert float(np.abs(again - decode(_rgb_png(upright), 10**6, 32)).max()) < 0.01, mode
+
+
+def _rgb_png(image) -> bytes:
+    import io
+
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
 def _png(width: int, height: int, **info) -> bytes:
     import io
 
