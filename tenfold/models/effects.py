@@ -92,6 +92,11 @@ def cartoon(img: np.ndarray, levels: int = 6) -> np.ndarray:
     return out.astype(np.float32)
 
 
+def on_photo(change, image):
+    """Both networks' output: a learned change in logit space on top of the photo."""
+    return torch.sigmoid(change + torch.logit(image.clamp(0.01, 0.99)))
+
+
 class Residual(nn.Module):
     def __init__(self, ch: int) -> None:
         super().__init__()
@@ -131,7 +136,7 @@ class EffectNet(nn.Module):
         )
 
     def forward(self, image):
-        return torch.sigmoid(self.net(image) + torch.logit(image.clamp(0.01, 0.99)))
+        return on_photo(self.net(image), image)
 
 
 class PaintUNet(nn.Module):
@@ -163,7 +168,7 @@ class PaintUNet(nn.Module):
     def forward(self, image):
         half = self.stem(image)
         change = self.head(torch.cat([half, self.body(half)], 1))
-        return torch.sigmoid(change + torch.logit(image.clamp(0.01, 0.99)))
+        return on_photo(change, image)
 
 
 def _crops(pairs, n: int, size: int, rng) -> tuple[np.ndarray, np.ndarray]:

@@ -223,8 +223,6 @@ def test_decoding_turns_photos_upright_and_reads_non_rgb_images():
     # docs/gateway.md: decoded, "turned upright by its EXIF orientation", RGB in [0, 1].
     # A left/right split image, saved rotated with orientation 6 ("rotate 270 to view"),
     # decodes as the upright image; a palette PNG and an RGBA PNG decode as their RGB
-    import io
-
     import numpy as np
     from PIL import Image
 
@@ -235,25 +233,22 @@ def test_decoding_turns_photos_upright_and_reads_non_rgb_images():
     stored = upright.transpose(Image.Transpose.ROTATE_90)  # what a sideways camera saves
     exif = Image.Exif()
     exif[0x0112] = 6
-    out = io.BytesIO()
-    stored.save(out, format="PNG", exif=exif)
-    got = decode(out.getvalue(), 10**6, 32)[0]
+    got = decode(_png_of(stored, exif=exif), 10**6, 32)[0]
     assert got[0, :, :8].mean() > 0.9 and got[2, :, :8].mean() < 0.1  # red on the left
     assert got[2, :, -8:].mean() > 0.9 and got[0, :, -8:].mean() < 0.1  # blue on the right
 
+    reference = decode(_png_of(upright), 10**6, 32)
     for mode in ("P", "RGBA"):
-        out = io.BytesIO()
-        upright.convert(mode).save(out, format="PNG")
-        again = decode(out.getvalue(), 10**6, 32)
+        again = decode(_png_of(upright.convert(mode)), 10**6, 32)
         assert again.dtype == np.float32 and again.shape == (1, 3, 32, 32), mode
-        assert float(np.abs(again - decode(_rgb_png(upright), 10**6, 32)).max()) < 0.01, mode
+        assert float(np.abs(again - reference).max()) < 0.01, mode
 
 
-def _rgb_png(image) -> bytes:
+def _png_of(image, **save_args) -> bytes:
     import io
 
     out = io.BytesIO()
-    image.save(out, format="PNG")
+    image.save(out, format="PNG", **save_args)
     return out.getvalue()
 
 
