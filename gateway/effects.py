@@ -24,6 +24,7 @@ from gateway.settings import EffectSettings
 from gateway.upstream import ModelClient
 from inference.protocol.errors import (
     DeadlineExceeded,
+    InternalError,
     InvalidInput,
     NotFound,
     PayloadTooLarge,
@@ -46,7 +47,8 @@ class Rendered:
 
 
 def decode(data: bytes, max_pixels: int, size: int, draft: bool = True) -> np.ndarray:
-    """JPEG/PNG bytes -> float32 [1, 3, size, size] in 0..1 (centre crop, then resize).
+    """JPEG/PNG bytes -> uint8 [1, size, size, 3] RGB (centre crop, then resize): the
+    effect model's input as the decoder yields it, no conversion.
 
     With ``draft`` a JPEG is decoded at the coarsest DCT scale (1/2, 1/4, 1/8) whose
     both sides still cover ``size``, so nothing is upscaled: a 1280x960 upload for a
@@ -61,10 +63,7 @@ def decode(data: bytes, max_pixels: int, size: int, draft: bool = True) -> np.nd
         # is (errors live on in futures and logs: 12 clients sending truncated 25 Mpx
         # JPEGs took the gateway from 100 MB to 430 MB before this)
         raise result
-    pixels = np.asarray(result)  # uint8 [size, size, 3]
-    out = np.empty((1, 3, size, size), np.float32)
-    np.multiply(pixels.transpose(2, 0, 1), np.float32(1 / 255), out=out[0])  # one pass
-    return out
+    return np.asarray(result)[None]  # uint8 [1, size, size, 3]
 
 
 def _load(data: bytes, max_pixels: int, size: int, draft: bool) -> Image.Image | TenfoldError:
@@ -105,8 +104,13 @@ def _fit(image: Image.Image, max_pixels: int, size: int, draft: bool) -> Image.I
     return ImageOps.fit(rgb, (size, size), Image.Resampling.BILINEAR)
 
 
-def encode(chw: np.ndarray, fmt: str) -> Rendered:
-    pixels = (np.clip(chw, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8).transpose(1, 2, 0)
+def encode(pixels: np.ndarray, fmt: str) -> Rendered:
+    """uint8 [H, W, 3] RGB (the effect model's output) -> JPEG or PNG bytes."""
+    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
+        raise InternalError(
+            f"the effect model answered {pixels.dtype} {list(pixels.shape)}; an effect "
+            "model returns uint8 [batch, height, width, 3] (docs/models.md)"
+        )
     image = Image.fromarray(pixels, "RGB")
     out = io.BytesIO()
     if fmt == "png":

@@ -55,9 +55,9 @@ class _Sink:
 
 
 def _request(side: int) -> pb.ModelInferRequest:
-    image = np.random.default_rng(0).random((1, 3, side, side), dtype=np.float32)
+    image = np.random.default_rng(0).integers(0, 256, (1, side, side, 3), dtype=np.uint8)
     tensor = pb.ModelInferRequest.InferInputTensor(
-        name="image", datatype="FP32", shape=[1, 3, side, side]
+        name="image", datatype="UINT8", shape=[1, side, side, 3]
     )
     return pb.ModelInferRequest(
         model_name=MODEL, inputs=[tensor], raw_input_contents=[image.tobytes()]

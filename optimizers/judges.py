@@ -171,18 +171,28 @@ class TowerJudge(Judge):
 
 
 class ImageJudge(Judge):
+    """Images stored as uint8 in the model's own layout (``validation.npz``): a uint8
+    model takes them as they are, a float one as 0..1; outputs are compared in 0..1
+    (a uint8 output's levels / 255)."""
+
     kind = "image"
 
     def __init__(self, spec, data, parity, calibration_images: int = 16):
         super().__init__(spec, data, parity)
         self.calibration_images = calibration_images
         self.name = spec.inputs[0].name
+        self.dtype = numpy_dtype(spec.inputs[0].datatype)
+
+    def _pixels(self, images: np.ndarray) -> np.ndarray:
+        if np.issubdtype(self.dtype, np.floating):
+            return images.astype(self.dtype) / 255.0
+        return images.astype(self.dtype)
 
     def inputs(self) -> dict[str, np.ndarray]:
-        return {self.name: self.data["held_out"].astype(np.float32) / 255.0}
+        return {self.name: self._pixels(self.data["held_out"])}
 
     def calibration(self) -> list[dict[str, np.ndarray]]:
-        images = self.data["calibration"][: self.calibration_images].astype(np.float32) / 255.0
+        images = self._pixels(self.data["calibration"][: self.calibration_images])
         return [{self.name: img[None]} for img in images]
 
     def evaluate(self, run: Runner) -> Evaluation:
@@ -192,13 +202,20 @@ class ImageJudge(Judge):
         return Evaluation({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
 
     def verdict(self, reference: Evaluation, candidate: Evaluation) -> Verdict:
-        ref = next(iter(reference.outputs.values())).astype(np.float64)
-        out = next(iter(candidate.outputs.values()))
+        ref = _unit(next(iter(reference.outputs.values())))
+        out = _unit(next(iter(candidate.outputs.values())))
         mse = ((ref - out) ** 2).reshape(len(ref), -1).mean(axis=1)
         psnr = float(np.min(10 * np.log10(1.0 / np.maximum(mse, 1e-12))))
         limit = self.parity.image_min_psnr_db
         fails = (f"PSNR {psnr:.1f} dB < {limit:g} dB",) if psnr < limit else ()
         return Verdict({"min_psnr_db": psnr, "max_abs_diff": float(np.abs(ref - out).max())}, fails)
+
+
+def _unit(pixels: np.ndarray) -> np.ndarray:
+    """Pixels in 0..1 as float64: integer levels / 255, floats as they are."""
+    if np.issubdtype(pixels.dtype, np.integer):
+        return pixels.astype(np.float64) / 255.0
+    return pixels.astype(np.float64)
 
 
 def _random_inputs(spec: ModelSpec, rows: int = 64) -> dict[str, np.ndarray]:

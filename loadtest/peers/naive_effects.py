@@ -22,15 +22,21 @@ from aiohttp import web
 from PIL import Image, ImageOps
 
 from loadtest.peers.serving import peer_arguments, serve
+from tenfold.models.effects import Uint8Image
 from servicekit.web import json_response
 
 
 def day_one_module(repository: Path) -> tuple[torch.nn.Module, Path]:
+    """The day-one network, else the served one's float network (its uint8 wrapper
+    taken off: this server converts the pixels itself, as day-one code does)."""
     folder = repository / "effects_cartoon" / "pytorch"
     path = folder / "day_one.pt"
     if not path.exists():
         path = folder / "model.pt"
-    return torch.load(path, weights_only=False).eval(), path
+    module = torch.load(path, weights_only=False).eval()
+    if isinstance(module, Uint8Image):
+        module = module.net
+    return module, path
 
 
 def render(module: torch.nn.Module, data: bytes, size: int) -> bytes:

@@ -1,6 +1,7 @@
 """Where an effects request's time goes, stage by stage, in process on one thread:
 decode, resize (centre crop + fit), model, encode; "before" (full JPEG decode, the
-day-one painting network) and "after" (reduced-scale decode, the served network).
+day-one painting network on float32 CHW pixels, converted to and from as the gateway
+did then) and "after" (reduced-scale decode, the served network on uint8 HWC pixels).
 
     python -m tenfold.models.effects_stages --repository var/model-repository \\
         [--uploads 640,1280] [--size 256]
@@ -19,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import onnxruntime as ort
 from PIL import Image, ImageOps
 
@@ -62,6 +64,18 @@ def _day_one(repository: Path, work: Path) -> Path:
     return path
 
 
+def _to_float(pixels: np.ndarray) -> np.ndarray:
+    """uint8 [1, H, W, 3] -> float32 [1, 3, H, W] in 0..1 (the day-one model's input)."""
+    out = np.empty((1, 3, *pixels.shape[1:3]), np.float32)
+    np.multiply(pixels[0].transpose(2, 0, 1), np.float32(1 / 255), out=out[0])
+    return out
+
+
+def _to_levels(chw: np.ndarray) -> np.ndarray:
+    """float32 [3, H, W] in 0..1 -> uint8 [H, W, 3] (what the encoder takes)."""
+    return (np.clip(chw, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8).transpose(1, 2, 0)
+
+
 def _ms(fn, repeat: int) -> float:
     fn()
     start = time.perf_counter()
@@ -86,18 +100,22 @@ def measure(repository: Path, upload_sides: tuple[int, ...], size: int, repeat: 
                         probe.draft("RGB", (size, size))
                     decoded = ImageOps.exif_transpose(probe.convert("RGB"))
                 fit = _ms(lambda d=decoded: ImageOps.fit(d, (size, size), BILINEAR), repeat)
-                whole = _ms(lambda dr=draft, raw=data: decode(raw, 10**9, size, draft=dr), repeat)
-                image = decode(data, 10**9, size, draft=draft)
                 session = sessions[form]
-                name = session.get_inputs()[0].name
-                feeds = {name: image}
+                floats = session.get_inputs()[0].type == "tensor(float)"
+                take = _to_float if floats else (lambda pixels: pixels)
+                give = _to_levels if floats else (lambda pixels: pixels)
+                whole = _ms(
+                    lambda dr=draft, raw=data, t=take: t(decode(raw, 10**9, size, draft=dr)),
+                    repeat,
+                )
+                feeds = {session.get_inputs()[0].name: take(decode(data, 10**9, size, draft))}
                 model = _ms(lambda s=session, f=feeds: s.run(None, f), repeat)
-                result = session.run(None, {name: image})[0][0]
+                result = session.run(None, feeds)[0][0]
                 out["ms"][str(side)][form] = {
                     "decode": max(0.0, whole - fit),
                     "resize": fit,
                     "model": model,
-                    "encode": _ms(lambda r=result: encode(r, "jpeg"), repeat),
+                    "encode": _ms(lambda r=result, g=give: encode(g(r), "jpeg"), repeat),
                 }
     return out
 

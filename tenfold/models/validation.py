@@ -10,8 +10,9 @@ preferences, photos), so a pass can be judged on quality, not only on raw output
   ``topk_items`` [U,C] (candidate item ids + 1 per user, for top-10 agreement)
 - tower: ``user_ctx``, ``history`` [U,...] and ``truth`` [U,100] (each user's true top
   items, ids into ``item_embeddings.npy``)
-- image: ``calibration`` and ``held_out`` UINT8 [N,3,256,256] (training-distribution
-  images for static quantisation; photos never trained on, for parity)
+- image: ``calibration`` and ``held_out`` UINT8 in the model's input layout, here
+  [N,256,256,3] (training-distribution images for static quantisation; photos never
+  trained on, for parity); a float model gets them as 0..1
 - generic: the model's held-out inputs by input name; a pass is judged by the largest
   difference of any output (the serving forms ``feed_recall`` and ``feed_list_ranker``,
   whose ranking quality is their source models')
@@ -76,15 +77,14 @@ def write_tower(model_dir: Path, data: feed.FeedData) -> None:
 
 
 def write_image(model_dir: Path, seed: int, held_out: dict[str, np.ndarray]) -> None:
-    def u8(images: list[np.ndarray]) -> np.ndarray:
-        return np.clip(np.concatenate(images) * 255 + 0.5, 0, 255).astype(np.uint8)
-
-    calibration = [effects.to_chw(img) for img in effects.training_images(seed)]
+    """Training-distribution images for calibration and the held-out photos, as the
+    served model takes them: uint8 [n, 256, 256, 3]."""
+    calibration = [effects.to_hwc(img) for img in effects.training_images(seed)]
     _save(
         model_dir,
         "image",
         {
-            "calibration": u8(calibration),
-            "held_out": u8([effects.to_chw(img) for img in held_out.values()]),
+            "calibration": np.concatenate(calibration),
+            "held_out": np.concatenate([effects.to_hwc(img) for img in held_out.values()]),
         },
     )

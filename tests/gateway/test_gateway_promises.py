@@ -625,8 +625,8 @@ def test_effects_decode_and_encode_stay_off_the_event_loop():
 
     photo, side = large_photo(), 2048
     decode_s = min(timed(decode, photo, 25_000_000, side) for _ in range(2))
-    chw = decode(photo, 25_000_000, side)[0]
-    encode_s = min(timed(encode, chw, "png") for _ in range(2))
+    pixels = decode(photo, 25_000_000, side)[0]
+    encode_s = min(timed(encode, pixels, "png") for _ in range(2))
     threshold = min(decode_s, encode_s) / 4
     effects = {"big": EffectSettings(model="m", sizes=[side])}
     pipeline = EffectsPipeline(effects, Identity(), 25_000_000)

@@ -203,7 +203,8 @@ async def test_admission_queue_timeout_sheds():
 @pytest.mark.parametrize("size", [256, 512])
 def test_reduced_scale_jpeg_decoding_matches_full_decoding(size):
     # gateway/effects.py: a JPEG is decoded at the coarsest DCT scale that covers the
-    # result; same output size, pixels within 0.01 on average (0..1) of a full decode
+    # result; same output size, pixels within 0.01 on average (0..1: 2.55 levels) of a
+    # full decode
     import numpy as np
 
     from gateway.effects import decode
@@ -212,15 +213,16 @@ def test_reduced_scale_jpeg_decoding_matches_full_decoding(size):
     for label, data in uploads((1280, 2560)):
         drafted = decode(data, 50_000_000, size)
         full = decode(data, 50_000_000, size, draft=False)
-        assert drafted.shape == full.shape == (1, 3, size, size)
-        diff = np.abs(drafted - full)
+        assert drafted.shape == full.shape == (1, size, size, 3)
+        assert drafted.dtype == full.dtype == np.uint8
+        diff = np.abs(drafted.astype(int) - full) / 255
         assert float(diff.mean()) <= 0.01 and float(diff.max()) <= 0.5, label
         if label.endswith("@2560"):  # 1/4 or 1/8 scale: a different decode, not the same one
             assert float(diff.mean()) > 0, label
 
 
 def test_decoding_turns_photos_upright_and_reads_non_rgb_images():
-    # docs/gateway.md: decoded, "turned upright by its EXIF orientation", RGB in [0, 1].
+    # docs/gateway.md: decoded, "turned upright by its EXIF orientation", RGB uint8.
     # A left/right split image, saved rotated with orientation 6 ("rotate 270 to view"),
     # decodes as the upright image; a palette PNG and an RGBA PNG decode as their RGB
     import numpy as np
@@ -233,15 +235,35 @@ def test_decoding_turns_photos_upright_and_reads_non_rgb_images():
     stored = upright.transpose(Image.Transpose.ROTATE_90)  # what a sideways camera saves
     exif = Image.Exif()
     exif[0x0112] = 6
-    got = decode(_png_of(stored, exif=exif), 10**6, 32)[0]
-    assert got[0, :, :8].mean() > 0.9 and got[2, :, :8].mean() < 0.1  # red on the left
-    assert got[2, :, -8:].mean() > 0.9 and got[0, :, -8:].mean() < 0.1  # blue on the right
+    got = decode(_png_of(stored, exif=exif), 10**6, 32)[0] / 255
+    assert got[:, :8, 0].mean() > 0.9 and got[:, :8, 2].mean() < 0.1  # red on the left
+    assert got[:, -8:, 2].mean() > 0.9 and got[:, -8:, 0].mean() < 0.1  # blue on the right
 
     reference = decode(_png_of(upright), 10**6, 32)
     for mode in ("P", "RGBA"):
         again = decode(_png_of(upright.convert(mode)), 10**6, 32)
-        assert again.dtype == np.float32 and again.shape == (1, 3, 32, 32), mode
-        assert float(np.abs(again - reference).max()) < 0.01, mode
+        assert again.dtype == np.uint8 and again.shape == (1, 32, 32, 3), mode
+        assert int(np.abs(again.astype(int) - reference).max()) <= 2, mode
+
+
+def test_encoding_takes_the_effect_models_uint8_pixels_and_names_a_broken_model():
+    # docs/models.md: an effect model returns uint8 [batch, height, width, 3]; a model
+    # that answers anything else is our fault (500), with what it answered in the log
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from gateway.effects import encode
+    from inference.protocol.errors import InternalError
+
+    pixels = np.random.default_rng(0).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    png = encode(pixels, "png")
+    assert (png.width, png.height, png.content_type) == (32, 24, "image/png")
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png.data))), pixels)
+    for wrong in (pixels.astype(np.float32) / 255, pixels.transpose(2, 0, 1)):
+        with pytest.raises(InternalError, match=r"uint8 \[batch, height, width, 3\]"):
+            encode(wrong, "jpeg")
 
 
 def _png_of(image, **save_args) -> bytes:
@@ -292,7 +314,7 @@ def test_image_bombs_are_refused_by_size_before_decoding():
     with pytest.raises(PayloadTooLarge, match=f"over {DECODE_FACTOR}x"):
         decode(_png(side + 8, side + 8), 50_000_000, 256)
     # the same PNG for a larger result is within the factor
-    assert decode(_png(side + 8, side + 8), 50_000_000, 512).shape == (1, 3, 512, 512)
+    assert decode(_png(side + 8, side + 8), 50_000_000, 512).shape == (1, 512, 512, 3)
 
 
 def test_undecodable_images_are_invalid_input_never_an_internal_error():

@@ -73,7 +73,7 @@ def test_tower_verdict_on_recall_drop():
 
 
 def test_image_verdict_is_psnr_of_the_worst_image():
-    spec = type("S", (), {"inputs": (type("T", (), {"name": "image"})(),)})()
+    spec = type("S", (), {"inputs": (type("T", (), {"name": "image", "datatype": "FP32"})(),)})()
     judge = ImageJudge(spec, {}, ParitySettings())
     ref = np.full((2, 3, 8, 8), 0.5, np.float32)
     near, far = ref.copy(), ref.copy()
@@ -84,6 +84,24 @@ def test_image_verdict_is_psnr_of_the_worst_image():
     ] == pytest.approx(40.0, abs=0.01)
     verdict = judge.verdict(Evaluation({"y": ref}), Evaluation({"y": far}))
     assert not verdict.ok and "PSNR 30.5 dB < 35 dB" in verdict.failures[0]
+
+
+def test_image_judge_feeds_a_uint8_model_its_levels_and_compares_in_0_to_1():
+    # optimizers/judges.py: validation.npz holds uint8 images in the model's layout; a
+    # uint8 model takes them as they are (a float one as 0..1: the test above), and a
+    # level is 1/255 of the PSNR's peak
+    spec = type("S", (), {"inputs": (type("T", (), {"name": "image", "datatype": "UINT8"})(),)})()
+    images = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)
+    judge = ImageJudge(spec, {"held_out": images, "calibration": images}, ParitySettings())
+    fed = judge.inputs()["image"]
+    assert fed.dtype == np.uint8 and np.array_equal(fed, images)
+    assert [c["image"].shape for c in judge.calibration()] == [(1, 4, 4, 3)] * 2
+    ref = np.full((2, 8, 8, 3), 128, np.uint8)
+    off = ref.copy()
+    off[1] += 3  # 3 levels: MSE (3/255)^2, 38.6 dB
+    figures = judge.verdict(Evaluation({"y": ref}), Evaluation({"y": off})).figures
+    assert figures["min_psnr_db"] == pytest.approx(20 * np.log10(255 / 3), abs=0.01)
+    assert figures["max_abs_diff"] == pytest.approx(3 / 255)
 
 
 # guards docs/optimizers.md: "A pass that holds parity is still rejected when it is slower
