@@ -22,8 +22,8 @@ from aiohttp import web
 from PIL import Image, ImageOps
 
 from loadtest.peers.serving import peer_arguments, serve
-from tenfold.models.effects import Uint8Image
 from servicekit.web import json_response
+from tenfold.models.effects import Uint8Image
 
 
 def day_one_module(repository: Path) -> tuple[torch.nn.Module, Path]:
