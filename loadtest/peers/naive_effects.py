@@ -6,7 +6,7 @@ and answer shape as tenfold's ``/v1/effects/{effect}``, so the same load reaches
 
 It runs the effect model of the day tenfold's effects work started (``EffectNet``, the
 network the default build trained before issue 14): ``<repository>/effects_cartoon/
-pytorch/day_one.pt`` when the build wrote one, else ``model.pt``.
+pytorch/day_one.pt``, which every build writes.
 
     python -m loadtest.peers.naive_effects --repository DIR [--threads 1] [--ready-file F]
 """
@@ -23,20 +23,18 @@ from PIL import Image, ImageOps
 
 from loadtest.peers.serving import peer_arguments, serve
 from servicekit.web import json_response
-from tenfold.models.effects import Uint8Image
 
 
 def day_one_module(repository: Path) -> tuple[torch.nn.Module, Path]:
-    """The day-one network, else the served one's float network (its uint8 wrapper
-    taken off: this server converts the pixels itself, as day-one code does)."""
-    folder = repository / "effects_cartoon" / "pytorch"
-    path = folder / "day_one.pt"
+    """The day-one network (float CHW in and out: this server converts the pixels
+    itself, as day-one code does)."""
+    path = repository / "effects_cartoon" / "pytorch" / "day_one.pt"
     if not path.exists():
-        path = folder / "model.pt"
-    module = torch.load(path, weights_only=False).eval()
-    if isinstance(module, Uint8Image):
-        module = module.net
-    return module, path
+        raise SystemExit(
+            f"naive effects: {path} is missing; the default build writes it "
+            "(tenfold models build --out DIR)"
+        )
+    return torch.load(path, weights_only=False).eval(), path
 
 
 def render(module: torch.nn.Module, data: bytes, size: int) -> bytes:
