@@ -2,8 +2,8 @@
 the spirit of Envoy's ORCA: how long one more row would wait in the model's queue
 (``tenfold-wait-ms``) and the pod's pace per row (``tenfold-row-ms``). The gateway keeps
 the last report of each endpoint and does not send a request to a pod that would
-refuse it: under a small CPU quota receiving and refusing a 786 KB image costs a pod
-the CPU its model needed. One encoding, shared by the pod and the gateway."""
+refuse it: under a small CPU quota receiving and refusing an image costs a pod the
+CPU its model needed. One encoding, shared by the pod and the gateway."""
 
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ class LoadReport:
     row_s: float
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
-        return ((WAIT_MS, f"{self.wait_s * 1000:.1f}"), (ROW_MS, f"{self.row_s * 1000:.1f}"))
+        # microsecond resolution: a small model's row costs tens of microseconds, which
+        # a tenth of a millisecond would send as 0
+        return ((WAIT_MS, f"{self.wait_s * 1000:.3f}"), (ROW_MS, f"{self.row_s * 1000:.3f}"))
 
 
 def parse(metadata: Iterable[tuple[str, str | bytes]] | None) -> LoadReport | None:

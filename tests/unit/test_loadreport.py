@@ -13,6 +13,14 @@ def test_a_report_reads_back_from_its_metadata():
     assert back == LoadReport(pytest.approx(1.2345, abs=1e-4), pytest.approx(0.25))
 
 
+def test_a_small_models_pace_survives_the_encoding():
+    # a row of tens of microseconds (a fresh-clone CI run's tiny model) was sent as "0.0"
+    # ms and read back as no pace at all
+    back = parse(LoadReport(wait_s=45e-6, row_s=23e-6).metadata())
+    assert back.row_s == pytest.approx(23e-6, abs=1e-6) and back.row_s > 0
+    assert back.wait_s == pytest.approx(45e-6, abs=1e-6)
+
+
 @pytest.mark.parametrize(
     "metadata",
     [
