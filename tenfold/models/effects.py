@@ -257,18 +257,22 @@ def train(
     return model, {k: pics[k] for k in HELD_OUT}
 
 
-def to_chw(img: np.ndarray, size: int = 256) -> np.ndarray:
-    """Centre crop to size x size, as [1, 3, size, size] float32."""
+def _centre_crop(img: np.ndarray, size: int) -> np.ndarray:
     y = (img.shape[0] - size) // 2
     x = (img.shape[1] - size) // 2
-    crop = img[y : y + size, x : x + size]
+    return img[y : y + size, x : x + size]
+
+
+def to_chw(img: np.ndarray, size: int = 256) -> np.ndarray:
+    """Centre crop to size x size, as [1, 3, size, size] float32."""
+    crop = _centre_crop(img, size)
     return np.ascontiguousarray(crop.transpose(2, 0, 1)[None], dtype=np.float32)
 
 
 def to_hwc(img: np.ndarray, size: int = 256) -> np.ndarray:
     """Centre crop to size x size, as the served model's input: uint8 [1, size, size, 3]."""
-    pixels = to_chw(img, size)[0].transpose(1, 2, 0) * 255.0 + 0.5
-    return np.ascontiguousarray(np.clip(pixels, 0, 255).astype(np.uint8)[None])
+    levels = np.clip(_centre_crop(img, size) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(levels[None])
 
 
 def evaluate(model: nn.Module, held_out: dict[str, np.ndarray]) -> dict:

@@ -61,3 +61,23 @@ def topk_overlap(module: torch.nn.Module, path: Path, inputs: dict[str, np.ndarr
     return float(
         np.mean([len(np.intersect1d(e, g)) / len(e) for e, g in zip(expected, got, strict=True)])
     )
+
+
+def level_agreement(module: torch.nn.Module, path: Path, inputs: dict[str, np.ndarray]) -> dict:
+    """How far ONNX Runtime's uint8 outputs are from PyTorch's, in levels: the largest
+    difference and the share of levels equal (rounding may differ by one where the
+    float result sits at a rounding boundary)."""
+    with torch.inference_mode():
+        expected = module(*(torch.as_tensor(v) for v in inputs.values()))
+    if isinstance(expected, torch.Tensor):
+        expected = (expected,)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, inputs)
+    diff = np.concatenate(
+        [
+            np.abs(g.astype(np.int16) - e.numpy().astype(np.int16)).ravel()
+            for e, g in zip(expected, got, strict=True)
+            if g.dtype == np.uint8
+        ]
+    )
+    return {"max_level_diff": int(diff.max()), "share_equal": float((diff == 0).mean())}
