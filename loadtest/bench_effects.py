@@ -48,6 +48,8 @@ class EffectsBenchPlan:
     upload: int = 640
     torch_threads: tuple[int, ...] = (1, 2)
     gateway_workers: int = 1
+    #: rates tried between the last rung kept and the one missed (bench_feed.climb)
+    refine: int = 3
 
     def ladder(self) -> tuple[float, ...]:
         return ladder(self.start_rate, self.factor, self.top_rate)

@@ -56,6 +56,8 @@ class FeedBenchPlan:
     top_rate: float = 5000.0
     torch_threads: tuple[int, ...] = (1, 2)
     gateway_workers: int = 1  # what `tenfold up` (make run) starts
+    #: rates tried between the last rung kept and the one missed (climb)
+    refine: int = 3
 
     def ladder(self) -> tuple[float, ...]:
         return ladder(self.start_rate, self.factor, self.top_rate)
@@ -221,21 +223,44 @@ def measure_rate(
 
 def load(address: str, server_pids: list[int], plan, spec: ScenarioSpec, label: str):
     """Climb ``plan``'s ladder (``ladder()``, ``duration_s``, ``p99_budget_ms``) until a
-    step misses the budget; each step's figures and the CPU of the server and the
-    generator."""
-    steps, best = [], None
-    for rate in plan.ladder():
+    step misses the budget, then ``refine`` rates between the last step kept and the
+    missed one; each step's figures and the CPU of the server and the generator."""
+
+    def measure(rate: float) -> dict:
         row = measure_rate(address, server_pids, spec, rate, plan.duration_s, plan.p99_budget_ms)
-        steps.append(row)
         print(
             f"  {label}: {rate:g}/s -> {row['achieved']:g}/s p99 {row['p99_ms']:g} ms "
             f"errors {row['errors']} cores {row['cores']}",
             file=sys.stderr,
             flush=True,
         )
+        return row
+
+    return climb(plan.ladder(), measure, getattr(plan, "refine", 0))
+
+
+def climb(rates, measure, refine: int = 0) -> dict:
+    """The best row of ``measure`` along ``rates`` (stop at the first row that does not
+    meet its budget), then along ``refine`` rates spaced geometrically between that
+    best rate and the one missed (stop at the first miss again): the figure is good to
+    one ladder step / (``refine`` + 1) instead of one step. Rows in ``ladder`` in the
+    order measured; ``best`` the highest rate kept."""
+    steps, best, missed = [], None, None
+    for rate in rates:
+        row = measure(rate)
+        steps.append(row)
         if not row["meets"]:
+            missed = rate
             break
         best = row
+    if best is not None and missed is not None and refine > 0:
+        low = best["rate"]
+        for k in range(1, refine + 1):
+            row = measure(round(low * (missed / low) ** (k / (refine + 1)), 1))
+            steps.append(row)
+            if not row["meets"]:
+                break
+            best = row
     return {"best": best, "ladder": steps}
 
 

@@ -98,3 +98,43 @@ def test_without_the_loadtest_extra_the_commands_say_how_to_get_it(monkeypatch, 
     result = CliRunner().invoke(app, ["bench", "gateway", "--repository", missing])
     assert result.exit_code == 2, result.output
     assert "needs the loadtest extra" in result.output and "tenfold[loadtest]" in result.output
+
+
+def _server(capacity: float):
+    """A fake server that keeps its budget up to ``capacity`` req/s; records what was asked."""
+    asked = []
+
+    def measure(rate: float) -> dict:
+        asked.append(rate)
+        return {"rate": rate, "achieved": min(rate, capacity), "meets": rate <= capacity}
+
+    return measure, asked
+
+
+def test_climb_refines_between_the_last_rung_kept_and_the_one_missed():
+    from loadtest.bench_feed import climb
+
+    measure, asked = _server(150.0)
+    result = climb((100.0, 125.0, 156.2, 195.3), measure, refine=3)
+    # the ladder up to its first miss, then 156.2 / 125 split in 4 geometric steps
+    assert asked == [100.0, 125.0, 156.2, 132.2, 139.7, 147.7]
+    assert result["best"]["rate"] == 147.7  # within one quarter step of the true 150
+    assert [r["rate"] for r in result["ladder"]] == asked
+    # without refinement: one full step below
+    measure, asked = _server(150.0)
+    assert climb((100.0, 125.0, 156.2, 195.3), measure)["best"]["rate"] == 125.0
+    assert asked == [100.0, 125.0, 156.2]
+
+
+def test_climb_stops_refining_at_the_first_miss_and_handles_no_rate_kept():
+    from loadtest.bench_feed import climb
+
+    measure, asked = _server(130.0)
+    result = climb((100.0, 125.0, 156.2), measure, refine=3)
+    assert asked == [100.0, 125.0, 156.2, 132.2]
+    assert result["best"]["rate"] == 125.0
+    measure, asked = _server(50.0)
+    result = climb((100.0, 125.0), measure, refine=3)
+    assert result["best"] is None and asked == [100.0]
+    measure, asked = _server(1e9)  # never misses: nothing to refine
+    assert climb((100.0, 125.0), measure, refine=3)["best"]["rate"] == 125.0 and len(asked) == 2
