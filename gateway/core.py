@@ -124,7 +124,7 @@ class GatewayCore:
 
     def limit(self, route: str) -> AdaptiveAdmission | None:
         """The route's admission under its adaptive concurrency limit (None: off)."""
-        settings = self.settings.concurrency
+        settings = self.settings.route_concurrency(route)
         if not settings.enabled:
             return None
         limit = self._limits.get(route)

@@ -7,6 +7,7 @@ file (see ``docs/gateway.md``). Nothing is read at import time.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -171,6 +172,14 @@ class GatewaySettings(BaseSettings):
         description="adaptive concurrency limit per route: requests over it are refused "
         "at once (429) instead of queueing into a 504 (gateway/concurrency.py)",
     )
+    concurrency_routes: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: {"effects": {"buffer": 3.0}},
+        description="per-route changes to `concurrency` (route -> its fields); a value "
+        "given replaces this default. effects: buffer 3 (latency up to 4x the floor): an "
+        "image's floor is ~10-25 ms of compute on shared cores, where it doubles well "
+        "before the pods are overloaded; with buffer 1 the route shed 429s at ~150/s "
+        "with CPU to spare (docs/benchmarks.md)",
+    )
     max_inflight: int = Field(256, ge=1, description="requests in flight per worker")
     max_queue: int = Field(128, ge=0, description="requests waiting for a slot per worker")
     queue_timeout_ms: float = Field(50, ge=0, description="longest wait for a slot")
@@ -209,7 +218,22 @@ class GatewaySettings(BaseSettings):
                 raise ValueError(f"{field}: no pool named {name!r} (pools: {sorted(self.pools)})")
         if sum(e.percent for e in self.experiments) > 100:
             raise ValueError("experiments: percentages add up to more than 100")
+        for route in self.concurrency_routes:
+            if route not in ROUTES:
+                raise ValueError(f"concurrency_routes: no route {route!r} (routes: {ROUTES})")
+            try:
+                self.route_concurrency(route)
+            except ValueError as exc:
+                raise ValueError(f"concurrency_routes.{route}: {exc}") from None
         return self
+
+    def route_concurrency(self, route: str) -> GradientSettings:
+        """The adaptive limit's settings for ``route``: ``concurrency`` with the route's
+        changes from ``concurrency_routes``."""
+        changes = self.concurrency_routes.get(route)
+        if not changes:
+            return self.concurrency
+        return GradientSettings.model_validate({**self.concurrency.model_dump(), **changes})
 
     @property
     def loopback_only(self) -> bool:

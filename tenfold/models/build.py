@@ -79,13 +79,19 @@ instance_group [ { count: 1 kind: KIND_CPU } ]
 # two instances of one thread: make run's pod has 1 intra-op thread per session, and
 # one instance left a core idle (effects 29.7 -> 49.8 req/s end to end, issue 14);
 # uint8 HWC pixels in and out (effects.Uint8Image): what the gateway decodes and encodes
+#: batches of one: the queue (and its bound) of the dynamic batcher, but each request
+#: runs alone on one of two one-thread instances, at once (a client may still send up
+#: to 8 images in one request). Merging does not pay for this network on CPU: 4 images
+#: cost 12 % more per image than 1 (one thread), and the 2 ms batch wait idled an
+#: instance; under load, merged batches of up to 8 raised latency until the gateway's
+#: limit shed (docs/benchmarks.md)
 EFFECTS_CONFIG = """\
 name: "effects_cartoon"
 platform: "onnxruntime_onnx"
 max_batch_size: 8
 input [ { name: "image" data_type: TYPE_UINT8 dims: [ -1, -1, 3 ] } ]
 output [ { name: "stylized" data_type: TYPE_UINT8 dims: [ -1, -1, 3 ] } ]
-dynamic_batching { max_queue_delay_microseconds: 2000 default_queue_policy { max_queue_size: 64 } }
+dynamic_batching { preferred_batch_size: [ 1 ] default_queue_policy { max_queue_size: 64 } }
 instance_group [ { count: 2 kind: KIND_CPU } ]
 model_warmup [ {
   name: "256x256" batch_size: 1

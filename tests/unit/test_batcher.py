@@ -111,6 +111,25 @@ async def test_preferred_batch_size_dispatches_early():
     assert len(results) == 4 and model.batches == [[1, 1, 1, 1]]
 
 
+async def test_preferred_batch_of_one_runs_each_request_alone_even_when_queued():
+    # the effect model's config (tenfold/models/build.py EFFECTS_CONFIG): the batcher's
+    # queue and bound, batches of one; a client's own multi-image request stays whole
+    model = FakeModel()
+    policy = BatchingPolicy(max_queue_delay_s=0.0, preferred_batch_sizes=(1,), max_queue_size=64)
+    batcher = make(model, policy=policy, max_batch=8)
+    model.gate.clear()
+    first = asyncio.create_task(batcher.submit(row(0), 1))
+    await model.started(1)
+    sizes = [1, 3, 1, 1]
+    rest = [asyncio.create_task(batcher.submit(row(i, n), n)) for i, n in enumerate(sizes)]
+    await queued(batcher, len(sizes))
+    model.gate.set()
+    results = await asyncio.gather(first, *rest)
+    await batcher.stop()
+    assert model.batches == [[1], [1], [3], [1], [1]]
+    assert [r["y"].shape[0] for r in results] == [1, *sizes]
+
+
 async def test_requests_with_other_shapes_are_not_merged():
     model = FakeModel()
     batcher = make(model)

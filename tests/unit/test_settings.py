@@ -56,3 +56,34 @@ def test_missing_repository_is_reported(monkeypatch):
     monkeypatch.delenv("TENFOLD_INFERENCE_MODEL_REPOSITORY", raising=False)
     with pytest.raises(SettingsError, match="model_repository"):
         load_settings(InferenceSettings)
+
+
+def test_route_concurrency_layers_the_routes_changes_over_the_shared_settings():
+    from gateway.settings import GatewaySettings
+
+    s = GatewaySettings(concurrency={"min_limit": 2, "initial_limit": 8})
+    effects, feed = s.route_concurrency("effects"), s.route_concurrency("feed")
+    # the default change for effects (buffer 3) over the shared fields given
+    assert (effects.buffer, effects.min_limit, effects.initial_limit) == (3.0, 2, 8)
+    assert (feed.buffer, feed.min_limit) == (1.0, 2)
+    given = GatewaySettings(concurrency_routes={"feed": {"buffer": 0.5}})
+    assert given.route_concurrency("feed").buffer == 0.5
+    assert given.route_concurrency("effects").buffer == 1.0  # a value given replaces the default
+
+
+@pytest.mark.parametrize(
+    ("routes", "needle"),
+    [
+        ({"videos": {"buffer": 2}}, "no route 'videos'"),
+        ({"effects": {"bufer": 2}}, "concurrency_routes.effects"),
+        ({"effects": {"buffer": -1}}, "buffer"),
+        ({"effects": {"min_limit": 50}}, "min_limit <= initial_limit"),
+    ],
+)
+def test_bad_route_concurrency_names_the_route_and_field(routes, needle):
+    from pydantic import ValidationError
+
+    from gateway.settings import GatewaySettings
+
+    with pytest.raises(ValidationError, match=needle):
+        GatewaySettings(concurrency_routes=routes)
