@@ -3,7 +3,7 @@ effect (torch extra).
 
 - ``PaintUNet``, the served one: a small U-Net that works at half and quarter
   resolution (a stride-2 stem, residual blocks at 1/4, a pixel-shuffle decoder with a
-  skip from the half-resolution stem), ~3.3 ms for 256x256 on one CPU thread (ONNX
+  skip from the half-resolution stem), ~4.0 ms for 256x256 on one CPU thread (ONNX
   Runtime, the served form).
 - ``Uint8Image`` wraps the served network: uint8 HWC pixels in and out.
 - ``EffectNet``, the day-one network (the fast-style-transfer layout: encoder, residual
@@ -115,26 +115,6 @@ class Residual(nn.Module):
         return x + self.body(x)
 
 
-class LightResidual(nn.Module):
-    """``x + conv(relu(conv(x)))`` with 3x3 convolutions in ``groups`` groups and no
-    normalisation: ``PaintUNet``'s blocks. Against ``Residual`` (full 3x3 convolutions,
-    instance norms): half the multiply-accumulates, and no instance norm, which ONNX
-    Runtime runs outside its blocked (NCHWc) layout, with a reorder before and after
-    each. 3.3 against 4.0 ms for the whole network at 256x256 on one thread, at the
-    same quality (docs/models.md)."""
-
-    def __init__(self, ch: int, groups: int = 2) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(ch, ch, 3, padding=1, groups=groups),
-            nn.ReLU(),
-            nn.Conv2d(ch, ch, 3, padding=1, groups=groups),
-        )
-
-    def forward(self, x):
-        return x + self.body(x)
-
-
 class EffectNet(nn.Module):
     """image FP32[b,3,H,W] in [0,1] -> image FP32[b,3,H,W] in [0,1]; H, W multiples of 4."""
 
@@ -166,22 +146,19 @@ class PaintUNet(nn.Module):
     """image FP32[b,3,H,W] in [0,1] -> image FP32[b,3,H,W] in [0,1]; H, W multiples of 4.
 
     A stride-2 4x4 stem to ``half`` channels at 1/2, a stride-2 conv to ``width`` at 1/4,
-    ``blocks`` residual blocks there (``LightResidual``: grouped convolutions, no norm),
-    a pixel shuffle back to 1/2 (8 channels) joined to
+    ``blocks`` residual blocks there, a pixel shuffle back to 1/2 (8 channels) joined to
     the stem's features, a depthwise-separable 3x3 conv (depthwise, then 1x1 to
     ``head``), a 3x3 conv and a pixel shuffle to full resolution: the colour regions
     come from 1/4, the edges from the 1/2 skip. The logit skip as in ``EffectNet`` (the
     network learns a change to the photo)."""
 
-    def __init__(
-        self, width: int = 32, blocks: int = 2, half: int = 24, head: int = 16, groups: int = 2
-    ) -> None:
+    def __init__(self, width: int = 32, blocks: int = 2, half: int = 24, head: int = 16) -> None:
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, half, 4, stride=2, padding=1), nn.ReLU())
         self.body = nn.Sequential(
             nn.Conv2d(half, width, 3, stride=2, padding=1),
             nn.ReLU(),
-            *[LightResidual(width, groups) for _ in range(blocks)],
+            *[Residual(width) for _ in range(blocks)],
             nn.Conv2d(width, 4 * 8, 3, padding=1),
             nn.PixelShuffle(2),
         )
