@@ -121,7 +121,7 @@ def workloads(rows: int) -> list[Workload]:
             2.0,
             ladder(1, 1.4, 100),
             (1, 2, 4, 8),
-            1e-3,
+            1.0,  # uint8 levels: PyTorch and ONNX Runtime may round a pixel a level apart
         ),
     ]
 
@@ -164,7 +164,11 @@ def check_parity(address: str, work: Workload, feeds, reference: dict) -> float:
         tensor.set_data_from_numpy(array, binary_data=True)
         inputs.append(tensor)
     result = client.infer(work.model, inputs)
-    worst = max(float(np.max(np.abs(result.as_numpy(n) - ref))) for n, ref in reference.items())
+    # in float: uint8 pixels one level apart would wrap to 255 when subtracted as uint8
+    worst = max(
+        float(np.max(np.abs(result.as_numpy(n).astype(np.float64) - np.asarray(ref, np.float64))))
+        for n, ref in reference.items()
+    )
     if worst > work.tolerance:
         raise RuntimeError(f"{address} answers {work.model} {worst:g} away from ONNX Runtime")
     return worst
