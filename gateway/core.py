@@ -99,7 +99,7 @@ class GatewayCore:
         self.admission = Admission(s.max_inflight, s.max_queue, s.queue_timeout_ms / 1000)
         self.draining = False
         #: one adaptive concurrency limit per route (gateway/concurrency.py)
-        self._limits: dict[str, AdaptiveAdmission] = {}
+        self._limits: dict[str, AdaptiveAdmission | None] = {}
         self._defaults = {
             "feed": s.feed.deadline_ms / 1000,
             "infer": s.infer_deadline_ms / 1000,
@@ -124,17 +124,17 @@ class GatewayCore:
 
     def limit(self, route: str) -> AdaptiveAdmission | None:
         """The route's admission under its adaptive concurrency limit (None: off)."""
+        if route in self._limits:  # per request: the route's settings are merged once
+            return self._limits[route]
         settings = self.settings.route_concurrency(route)
-        if not settings.enabled:
-            return None
-        limit = self._limits.get(route)
-        if limit is None:
+        limit = None
+        if settings.enabled:
             limit = AdaptiveAdmission(
                 GradientLimit(settings, self.clock()),
                 settings.initial_limit,
                 self.settings.queue_timeout_ms / 1000,
             )
-            self._limits[route] = limit
+        self._limits[route] = limit
         return limit
 
     def endpoints_behind(self, route: str) -> int:

@@ -178,7 +178,7 @@ class GatewaySettings(BaseSettings):
         "given replaces this default. effects: buffer 3 (latency up to 4x the floor): an "
         "image's floor is ~10-25 ms of compute on shared cores, where it doubles well "
         "before the pods are overloaded; with buffer 1 the route shed 429s at ~150/s "
-        "with CPU to spare (docs/benchmarks.md)",
+        'with CPU to spare (docs/benchmarks.md, "Effects under sustained load")',
     )
     max_inflight: int = Field(256, ge=1, description="requests in flight per worker")
     max_queue: int = Field(128, ge=0, description="requests waiting for a slot per worker")

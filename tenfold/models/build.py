@@ -78,13 +78,12 @@ instance_group [ { count: 1 kind: KIND_CPU } ]
 
 # two instances of one thread: make run's pod has 1 intra-op thread per session, and
 # one instance left a core idle (effects 29.7 -> 49.8 req/s end to end, issue 14);
-# uint8 HWC pixels in and out (effects.Uint8Image): what the gateway decodes and encodes
-#: batches of one: the queue (and its bound) of the dynamic batcher, but each request
-#: runs alone on one of two one-thread instances, at once (a client may still send up
-#: to 8 images in one request). Merging does not pay for this network on CPU: 4 images
-#: cost 12 % more per image than 1 (one thread), and the 2 ms batch wait idled an
-#: instance; under load, merged batches of up to 8 raised latency until the gateway's
-#: limit shed (docs/benchmarks.md)
+# uint8 HWC pixels in and out (effects.Uint8Image): what the gateway decodes and encodes;
+# batches of one: the dynamic batcher's queue (and its bound), but each request runs
+# alone, at once (a client may still send up to 8 images in one request). Merging does
+# not pay for this network on CPU: 4 images cost 12 % more per image than 1 (one
+# thread), and the 2 ms batch wait idled an instance; under load, merged batches of up
+# to 8 raised latency until the gateway's limit shed (docs/benchmarks.md, "Effects")
 EFFECTS_CONFIG = """\
 name: "effects_cartoon"
 platform: "onnxruntime_onnx"
