@@ -276,6 +276,12 @@ def build(out: Path, quick: bool = False, seed: int = 7, console=None) -> Built:
             f"effects_cartoon: the served uint8 model differs from PyTorch by {levels} "
             f"levels (> {EFFECTS_MAX_LEVEL_DIFF})"
         )
+    forms = report["effects_levels"]["forms_max_level_diff"]
+    if forms > EFFECTS_MAX_LEVEL_DIFF:
+        raise BuildError(
+            f"effects_cartoon: the served form (effects.Uint8Image) is {forms} levels from "
+            f"the network's own forward (> {EFFECTS_MAX_LEVEL_DIFF})"
+        )
     for name, diff in report["parity_max_abs_diff"].items():
         if not diff <= PARITY_TOLERANCE:
             raise BuildError(
@@ -300,6 +306,13 @@ def _effects_parity(net, served, effects_dir: Path, images: np.ndarray) -> tuple
         )
         float_diff = parity(net, network, {"image": chw})
     levels = level_agreement(served, effects_dir / "1" / "model.onnx", {"image": images})
+    # the served form (exp instead of logit, shuffles as convolutions) against the
+    # network's own forward, both in PyTorch
+    with torch.inference_mode():
+        pixels = torch.from_numpy(images)
+        forms = served(pixels).to(torch.int16) - served.reference(pixels).to(torch.int16)
+    levels["forms_max_level_diff"] = int(forms.abs().max())
+    levels["forms_share_equal"] = float((forms == 0).double().mean())
     return float_diff, levels
 
 
