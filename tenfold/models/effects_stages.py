@@ -1,7 +1,8 @@
 """Where an effects request's time goes, stage by stage, in process on one thread:
-decode, resize (centre crop + fit), model, encode; "before" (full JPEG decode, the
-day-one painting network on float32 CHW pixels, converted to and from as the gateway
-did then) and "after" (reduced-scale decode, the served network on uint8 HWC pixels).
+decode, resize (centre crop + fit), model, encode; "before" (Pillow's full JPEG decode
+and bilinear fit, the day-one painting network on float32 CHW pixels, converted to and
+from as the gateway did then) and "after" (the gateway's reduced-scale decode and
+OpenCV fit, the served network on uint8 HWC pixels).
 
     python -m tenfold.models.effects_stages --repository var/model-repository \\
         [--uploads 640,1280] [--size 256]
@@ -24,7 +25,7 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image, ImageOps
 
-from gateway.effects import decode, encode
+from gateway.effects import decode, encode, fit, read
 from loadtest.photos import uploads
 
 STAGES = ("decode", "resize", "model", "encode")
@@ -76,6 +77,15 @@ def _to_levels(chw: np.ndarray) -> np.ndarray:
     return (np.clip(chw, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8).transpose(1, 2, 0)
 
 
+def _pillow_decode(data: bytes) -> Image.Image:
+    """The gateway's decode when issue 14 was filed: Pillow, full size, upright RGB."""
+    with Image.open(io.BytesIO(data)) as image:
+        rgb = image if image.mode == "RGB" else image.convert("RGB")
+        ImageOps.exif_transpose(rgb, in_place=True)
+        rgb.load()
+        return rgb
+
+
 def _ms(fn, repeat: int) -> float:
     fn()
     start = time.perf_counter()
@@ -94,26 +104,25 @@ def measure(repository: Path, upload_sides: tuple[int, ...], size: int, repeat: 
         for side in upload_sides:
             data = next(v for k, v in photos.items() if k.endswith(f"@{side}"))
             out["ms"][str(side)] = {}
-            for form, draft in (("before", False), ("after", True)):
-                with Image.open(io.BytesIO(data)) as probe:
-                    if draft:
-                        probe.draft("RGB", (size, size))
-                    decoded = ImageOps.exif_transpose(probe.convert("RGB"))
-                fit = _ms(lambda d=decoded: ImageOps.fit(d, (size, size), BILINEAR), repeat)
+            for form in ("before", "after"):
+                if form == "before":  # Pillow: full decode, its bilinear fit
+                    read_ms = _ms(lambda raw=data: _pillow_decode(raw), repeat)
+                    decoded = _pillow_decode(data)
+                    fit_ms = _ms(lambda d=decoded: ImageOps.fit(d, (size, size), BILINEAR), repeat)
+                else:  # the gateway's: reduced-scale decode, OpenCV's fit
+                    read_ms = _ms(lambda raw=data: read(raw, 10**9, size), repeat)
+                    decoded = read(data, 10**9, size)
+                    fit_ms = _ms(lambda d=decoded: fit(d, size), repeat)
                 session = sessions[form]
                 floats = session.get_inputs()[0].type == "tensor(float)"
                 take = _to_float if floats else (lambda pixels: pixels)
                 give = _to_levels if floats else (lambda pixels: pixels)
-                whole = _ms(
-                    lambda dr=draft, raw=data, t=take: t(decode(raw, 10**9, size, draft=dr)),
-                    repeat,
-                )
-                feeds = {session.get_inputs()[0].name: take(decode(data, 10**9, size, draft))}
+                feeds = {session.get_inputs()[0].name: take(decode(data, 10**9, size))}
                 model = _ms(lambda s=session, f=feeds: s.run(None, f), repeat)
                 result = session.run(None, feeds)[0][0]
                 out["ms"][str(side)][form] = {
-                    "decode": max(0.0, whole - fit),
-                    "resize": fit,
+                    "decode": read_ms,
+                    "resize": fit_ms,
                     "model": model,
                     "encode": _ms(lambda r=result, g=give: encode(g(r), "jpeg"), repeat),
                 }
