@@ -13,7 +13,8 @@ decoded by libjpeg-turbo through ``simplejpeg`` at the coarsest of its n/8 DCT s
 that still covers the result (Pillow's ``draft`` has only 1/2, 1/4, 1/8: this upload
 decoded at full size), and the centre crop is resized by OpenCV (0.13 ms against
 Pillow's 0.65 ms for the same bilinear fit); Pillow reads every header (size, format,
-EXIF orientation) and decodes PNGs and other JPEGs (greyscale, CMYK)."""
+EXIF orientation), and decodes and fits PNGs, other JPEGs (greyscale, CMYK) and any
+JPEG libjpeg-turbo refuses (it is strict where libjpeg only warns)."""
 
 from __future__ import annotations
 
@@ -75,9 +76,14 @@ def decode(data: bytes, max_pixels: int, size: int, draft: bool = True) -> np.nd
 
     With ``draft`` a JPEG is decoded at the coarsest DCT scale (7/8 ... 1/8) whose both
     sides still cover ``size``, so nothing is upscaled: a 640x427 upload for a 256
-    result decodes as 400x267, a 1280x853 one as 480x320, a 2560x1920 one as 341x256;
-    the pixels differ from a full decode by ~0.005 on average (0..1; tested ≤ 0.012)."""
-    return fit(read(data, max_pixels, size, draft), size)[None]
+    result decodes as 400x267, a 1280x853 one as 480x320, a 2560x1920 one as 640x480;
+    the pixels differ from Pillow's Lanczos fit of a full decode by ~0.007 on average
+    (0..1; tested ≤ 0.015)."""
+    decoded = read(data, max_pixels, size, draft)
+    try:
+        return fit(decoded, size)[None]
+    except cv2.error as exc:  # a shape OpenCV refuses is the input's, not a 500
+        raise InvalidInput(f"body: the image cannot be fitted to {size}x{size} ({exc})") from None
 
 
 def read(data: bytes, max_pixels: int, size: int, draft: bool = True) -> Decoded:
@@ -100,23 +106,32 @@ def fit(decoded: Decoded, size: int) -> np.ndarray:
 
     Up to ``LINEAR_UP_TO`` times the result's side, one bilinear warp of the exactly
     centred square (a whole-pixel crop of a DCT-scaled decode sat up to a pixel off
-    the full decode's: 0.0165 against 0.0116 mean difference on the cat photo)."""
+    the full decode's: 0.0165 against 0.0116 mean difference on the cat photo), read
+    from a view of the square and a pixel around it (OpenCV 4 refuses sources over
+    32767 pixels a side), then turned upright (turns and flips commute with it).
+    Above that, turned upright first, then a whole-pixel centre crop area-averaged."""
     pixels = decoded.pixels
     height, width = pixels.shape[:2]
     side = min(height, width)
     if side <= LINEAR_UP_TO * size:
+        offset_x, offset_y = (width - side) / 2, (height - side) / 2
+        left, top = max(0, int(offset_x) - 1), max(0, int(offset_y) - 1)
+        window = pixels[top : top + side + 3, left : left + side + 3]
         scale = size / side
-        shift_x = (0.5 - (width - side) / 2) * scale - 0.5  # pixel centres onto centres
-        shift_y = (0.5 - (height - side) / 2) * scale - 0.5
+        shift_x = (0.5 - (offset_x - left)) * scale - 0.5  # pixel centres onto centres
+        shift_y = (0.5 - (offset_y - top)) * scale - 0.5
         warp = np.array([[scale, 0.0, shift_x], [0.0, scale, shift_y]], np.float32)
         out = cv2.warpAffine(
-            pixels, warp, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT
+            window, warp, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT
         )
-    else:  # area-averaged, so a large decode does not alias
-        top, left = (height - side) // 2, (width - side) // 2
-        crop = pixels[top : top + side, left : left + side]
-        out = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
-    return _upright(out, decoded.orientation)
+        return _upright(out, decoded.orientation)
+    # area-averaged, so a large decode does not alias; turned first (a whole-pixel crop
+    # of an odd excess would otherwise sit on the other side after a flip)
+    pixels = _upright(pixels, decoded.orientation)
+    height, width = pixels.shape[:2]
+    top, left = (height - side) // 2, (width - side) // 2
+    crop = pixels[top : top + side, left : left + side]
+    return cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
 
 
 #: EXIF orientation -> what turns the stored pixels upright (Pillow's exif_transpose)
@@ -160,22 +175,42 @@ def _read(image: Image.Image, data: bytes, max_pixels: int, size: int, draft: bo
             f"body: image is {width}x{height} = {width * height} pixels (at most {max_pixels})"
         )
     if draft and image.format == "JPEG" and image.mode == "RGB":
-        # libjpeg-turbo at the coarsest n/8 scale whose both sides cover the result
-        decoded_h, decoded_w, _, _ = simplejpeg.decode_jpeg_header(
-            data, min_height=size, min_width=size
-        )
-        _check_decoded(decoded_w * decoded_h, width, height, image.format, size)
-        orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
-        pixels = simplejpeg.decode_jpeg(data, "RGB", min_height=size, min_width=size)
-        return Decoded(pixels, orientation if isinstance(orientation, int) else 1)
+        turbo = _turbo(image, data, width, height, size)
+        if turbo is not None:
+            return turbo
     if draft and image.format == "JPEG":
         image.draft("RGB", (size, size))  # both sides stay >= size
     _check_decoded(image.size[0] * image.size[1], width, height, image.format, size)
-    # no copy of the decoded pixels on the common path: convert only what is not RGB,
-    # turn upright in place (exif_transpose copies an upright image otherwise)
+    # convert only what is not RGB, turn upright in place (exif_transpose copies an
+    # upright image otherwise), fit in Pillow: only the result becomes an array (Pillow
+    # to numpy is a copy: a 5000x5000 PNG would hold 75 MB more), and ``fit`` finds it
+    # at its size
     rgb = image if image.mode == "RGB" else image.convert("RGB")
     ImageOps.exif_transpose(rgb, in_place=True)
-    return Decoded(np.asarray(rgb))
+    return Decoded(np.asarray(ImageOps.fit(rgb, (size, size), Image.Resampling.BILINEAR)))
+
+
+def _turbo(image: Image.Image, data: bytes, width: int, height: int, size: int) -> Decoded | None:
+    """A colour JPEG by libjpeg-turbo at the coarsest n/8 scale whose both sides cover
+    the result; None where it refuses the file (strict about what libjpeg only warns
+    of, e.g. extraneous bytes before a marker, or sampling it has no name for): then
+    Pillow decodes it, as it did before, and its verdict stands."""
+    try:
+        decoded_h, decoded_w, _, _ = simplejpeg.decode_jpeg_header(
+            data, min_height=size, min_width=size
+        )
+    except ValueError:
+        return None
+    _check_decoded(decoded_w * decoded_h, width, height, image.format, size)
+    try:
+        pixels = simplejpeg.decode_jpeg(data, "RGB", min_height=size, min_width=size)
+    except ValueError:
+        return None
+    try:
+        orientation = int(image.getexif().get(_EXIF_ORIENTATION, 1))
+    except (TypeError, ValueError):
+        orientation = 1  # a malformed tag: as stored
+    return Decoded(pixels, orientation)
 
 
 def _check_decoded(decoded: int, width: int, height: int, fmt: str | None, size: int) -> None:

@@ -95,6 +95,9 @@ def _ms(fn, repeat: int) -> float:
 
 
 def measure(repository: Path, upload_sides: tuple[int, ...], size: int, repeat: int = 20) -> dict:
+    import cv2
+
+    cv2.setNumThreads(1)  # one thread, as the table says (the gateway sets the same)
     photos = dict(uploads(upload_sides))
     with tempfile.TemporaryDirectory() as work:
         sessions = {"before": _session(_day_one(repository, Path(work))), "after": None}

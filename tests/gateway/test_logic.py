@@ -234,10 +234,14 @@ def test_reduced_scale_jpeg_decoding_matches_full_decoding(size):
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
-def test_a_jpeg_decoded_at_reduced_scale_is_turned_upright(orientation):
+@pytest.mark.parametrize(
+    ("size", "stored_size"), [(64, (640, 480)), (256, (640, 480)), (64, (645, 481))]
+)
+def test_a_jpeg_decoded_at_reduced_scale_is_turned_upright(orientation, size, stored_size):
     # docs/gateway.md: "turned upright by its EXIF orientation". A colour JPEG goes
     # through libjpeg-turbo (which ignores EXIF); the result must equal what Pillow's
-    # exif_transpose makes of the same file, for each of the 8 orientations
+    # exif_transpose makes of the same file, for each of the 8 orientations; at 64 the
+    # fit averages areas (turned first), at 256 it is the bilinear warp (turned after)
     import io
 
     import numpy as np
@@ -247,7 +251,9 @@ def test_a_jpeg_decoded_at_reduced_scale_is_turned_upright(orientation):
 
     rng = np.random.default_rng(orientation)
     blocks = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
-    stored = Image.fromarray(np.kron(blocks, np.ones((80, 80, 1), np.uint8)))  # 640x480
+    stored = Image.fromarray(np.kron(blocks, np.ones((81, 81, 1), np.uint8))).crop(
+        (0, 0, *stored_size)
+    )
     exif = Image.Exif()
     exif[0x0112] = orientation
     out = io.BytesIO()
@@ -255,10 +261,52 @@ def test_a_jpeg_decoded_at_reduced_scale_is_turned_upright(orientation):
     data = out.getvalue()
     with Image.open(io.BytesIO(data)) as image:
         upright = ImageOps.exif_transpose(image.convert("RGB"))
-        expected = np.asarray(ImageOps.fit(upright, (64, 64), Image.Resampling.LANCZOS))
-    got = decode(data, 10**7, 64)[0]
+        expected = np.asarray(ImageOps.fit(upright, (size, size), Image.Resampling.LANCZOS))
+    got = decode(data, 10**7, size)[0]
     diff = np.abs(got.astype(int) - expected)
     assert float(diff.mean()) <= 8, orientation  # a 180° turn of it differs by ~80
+
+
+def test_reduced_scale_decoding_uses_the_n8_scales_and_pillows_verdicts():
+    # gateway/effects.py: a colour JPEG decodes at the coarsest n/8 scale covering the
+    # result (Pillow's draft has only 1/2, 1/4, 1/8); a file libjpeg-turbo refuses but
+    # Pillow reads (a flipped byte in the scan: "extraneous bytes") still decodes; a
+    # thin JPEG whose reduced decode is over 100x the result is a 413; a 40000x10
+    # image is fitted (OpenCV 4 refuses warps of sources over 32767 wide)
+    import io
+
+    import numpy as np
+    import simplejpeg
+    from PIL import Image
+
+    from gateway.effects import decode, read
+    from inference.protocol.errors import PayloadTooLarge
+    from loadtest.photos import uploads
+
+    photos = dict(uploads((640,)))
+    assert read(photos["coffee@640"], 10**8, 256).pixels.shape == (267, 400, 3)  # 5/8
+    assert read(photos["coffee@640"], 10**8, 512).pixels.shape == (427, 640, 3)  # full
+
+    flipped = bytearray(photos["rocket@640"])
+    flipped[len(flipped) // 2] ^= 0xFF  # a flipped byte in the scan: libjpeg only warns
+    with pytest.raises(ValueError, match="Corrupt JPEG"):
+        simplejpeg.decode_jpeg(bytes(flipped), "RGB", min_height=256, min_width=256)
+    with Image.open(io.BytesIO(bytes(flipped))) as image:
+        image.load()  # Pillow reads it, and so does the gateway, as before
+    got = decode(bytes(flipped), 10**8, 256)
+    assert got.shape == (1, 256, 256, 3) and got.dtype == np.uint8
+
+    out = io.BytesIO()
+    Image.new("RGB", (65000, 300), (90, 120, 150)).save(out, format="JPEG")
+    with pytest.raises(PayloadTooLarge, match="decodes"):
+        decode(out.getvalue(), 25_000_000, 256)  # 7/8: 56875x263 = 15 M pixels
+
+    for fmt in ("PNG", "JPEG"):
+        out = io.BytesIO()
+        Image.new("RGB", (40000, 10), (200, 10, 10)).save(out, format=fmt)
+        wide = decode(out.getvalue(), 25_000_000, 256)
+        assert wide.shape == (1, 256, 256, 3), fmt
+        assert abs(int(wide[0, 128, 128, 0]) - 200) <= 4, fmt
 
 
 def test_decoding_turns_photos_upright_and_reads_non_rgb_images():
