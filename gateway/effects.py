@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import simplejpeg
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 from gateway.settings import EffectSettings
 from gateway.upstream import ModelClient
@@ -50,7 +50,6 @@ DECODE_FACTOR = 100
 #: DCT scales leave at most 4/3 on common uploads); larger ones are area-averaged, so
 #: a full-size decode does not alias
 LINEAR_UP_TO = 1.5
-_EXIF_ORIENTATION = 0x0112
 
 
 @dataclass(frozen=True)
@@ -112,6 +111,8 @@ def fit(decoded: Decoded, size: int) -> np.ndarray:
     Above that, turned upright first, then a whole-pixel centre crop area-averaged."""
     pixels = decoded.pixels
     height, width = pixels.shape[:2]
+    if height == width == size:  # fitted already (Pillow's path): only turned
+        return _upright(np.ascontiguousarray(pixels), decoded.orientation)
     side = min(height, width)
     if side <= LINEAR_UP_TO * size:
         offset_x, offset_y = (width - side) / 2, (height - side) / 2
@@ -207,7 +208,7 @@ def _turbo(image: Image.Image, data: bytes, width: int, height: int, size: int) 
     except ValueError:
         return None
     try:
-        orientation = int(image.getexif().get(_EXIF_ORIENTATION, 1))
+        orientation = int(image.getexif().get(ExifTags.Base.Orientation, 1))
     except (TypeError, ValueError):
         orientation = 1  # a malformed tag: as stored
     return Decoded(pixels, orientation)
