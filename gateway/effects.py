@@ -50,6 +50,7 @@ DECODE_FACTOR = 100
 #: DCT scales leave at most 4/3 on common uploads); larger ones are area-averaged, so
 #: a full-size decode does not alias
 LINEAR_UP_TO = 1.5
+_JPEG_EOI = b"\xff\xd9"
 
 
 @dataclass(frozen=True)
@@ -175,7 +176,11 @@ def _read(image: Image.Image, data: bytes, max_pixels: int, size: int, draft: bo
         raise PayloadTooLarge(
             f"body: image is {width}x{height} = {width * height} pixels (at most {max_pixels})"
         )
-    if draft and image.format == "JPEG" and image.mode == "RGB":
+    # only a JPEG that ends with its end-of-image marker goes to libjpeg-turbo: it pads
+    # a truncated file and decodes all of it before its strict mode refuses it (a 700
+    # byte file declaring 25 Mpx: 3.3 ms, where Pillow refuses it in 0.07 ms); one with
+    # bytes after the marker (a motion photo's video) takes Pillow's path, as before
+    if draft and image.format == "JPEG" and image.mode == "RGB" and data.endswith(_JPEG_EOI):
         turbo = _turbo(image, data, width, height, size)
         if turbo is not None:
             return turbo

@@ -296,6 +296,11 @@ def test_reduced_scale_decoding_uses_the_n8_scales_and_pillows_verdicts():
     got = decode(bytes(flipped), 10**8, 256)
     assert got.shape == (1, 256, 256, 3) and got.dtype == np.uint8
 
+    # bytes after the end-of-image marker (a motion photo's video) take Pillow's path
+    motion = photos["coffee@640"] + b"ftypmp42" + bytes(4096)
+    clean = decode(photos["coffee@640"], 10**8, 256).astype(int)
+    assert float(np.abs(decode(motion, 10**8, 256).astype(int) - clean).mean()) <= 4
+
     out = io.BytesIO()
     Image.new("RGB", (65000, 300), (90, 120, 150)).save(out, format="JPEG")
     with pytest.raises(PayloadTooLarge, match="decodes"):
