@@ -12,11 +12,15 @@ The controller measures instead:
 2. **The gradient**: every ``window_s`` the ``percentile`` latency of the requests
    that finished in the window is compared with the floor plus a ``buffer``::
 
-       gradient = clamp((min_rtt * (1 + buffer)) / sample_rtt, 0.5, 2.0)
+       allowance = max(min_rtt * (1 + buffer), latency_target)
+       gradient = clamp(allowance / sample_rtt, 0.5, 2.0)
        limit = clamp(limit * gradient + sqrt(limit), min_limit, max_limit)
 
    Latency above the allowance shrinks the limit (down to half per window); latency
-   near the floor grows it. The ``sqrt`` headroom keeps a little queue so the pod's
+   near the floor grows it. ``latency_target_ms`` (off by default) is a latency the
+   route's callers accept whatever the floor: on shared cores an image's latency
+   swings to several times its floor in waves well inside any deadline, and a limit
+   tied to the floor alone shed 429s through them with CPU to spare. The ``sqrt`` headroom keeps a little queue so the pod's
    batches stay full (``headroom: none`` drops it).
 
 The minimum is ``min_limit`` per ready endpoint behind the route (``endpoints``, set
@@ -64,6 +68,12 @@ class GradientSettings(BaseModel):
     )
     percentile: float = Field(50, gt=0, le=100, description="latency percentile compared")
     buffer: float = Field(1.0, ge=0, description="latency allowed above min_rtt (1 = +100%)")
+    latency_target_ms: float | None = Field(
+        None,
+        gt=0,
+        description="latency that never shrinks the limit, whatever the floor: the "
+        "allowance is max(min_rtt x (1 + buffer), this); None: the floor's alone",
+    )
     headroom: Literal["sqrt", "none"] = Field(
         "sqrt",
         description="added to the limit each window: sqrt(limit) (Envoy's; a little queue "
@@ -119,6 +129,16 @@ class GradientLimit:
             return self.minimum
         return max(self.minimum, int(self.limit_f))
 
+    @property
+    def allowance_s(self) -> float:
+        """The latency a window may have without shrinking the limit (needs the floor)."""
+        s = self.settings
+        assert self.min_rtt_s is not None
+        allowed = self.min_rtt_s * (1.0 + s.buffer)
+        if s.latency_target_ms is not None:
+            allowed = max(allowed, s.latency_target_ms / 1000.0)
+        return allowed
+
     def observe(self, epoch: int, latency_s: float | None, now: float) -> None:
         """A request admitted in ``epoch`` finished; ``latency_s`` is its service time,
         or None when it says nothing about the route's latency (a client error)."""
@@ -146,9 +166,7 @@ class GradientLimit:
     # -- phases -------------------------------------------------------------------------
     def _update(self, sample_rtt: float) -> None:
         s = self.settings
-        assert self.min_rtt_s is not None
-        allowed = self.min_rtt_s * (1.0 + s.buffer)
-        gradient = min(2.0, max(0.5, allowed / max(sample_rtt, 1e-9)))
+        gradient = min(2.0, max(0.5, self.allowance_s / max(sample_rtt, 1e-9)))
         limit = self.limit_f * gradient
         if s.headroom == "sqrt":
             limit += math.sqrt(limit)

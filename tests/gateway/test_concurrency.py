@@ -86,6 +86,27 @@ def test_latency_over_the_allowance_shrinks_the_limit_at_most_by_half():
     assert limit.limit == int(half + math.sqrt(half))
 
 
+def test_a_latency_target_over_the_floors_allowance_is_the_allowance():
+    # floor 10 ms, buffer 1: 20 ms alone; with a 100 ms target, 40 ms is inside it
+    targeted = S.model_copy(update={"latency_target_ms": 100.0})
+    limit, now = measured(0.010, targeted)
+    assert limit.allowance_s == pytest.approx(0.100)
+    window(limit, now, 0.040)  # gradient 100 / 40, clamped at 2: the limit grows
+    assert limit.limit == int(32 + math.sqrt(32))
+    plain, now = measured(0.010)
+    assert plain.allowance_s == pytest.approx(0.020)
+    window(plain, now, 0.040)  # the same window without the target shrinks the limit
+    assert plain.limit == int(8 + math.sqrt(8))
+    # over the target it shrinks as before: gradient 100 / 200 = 0.5
+    limit, now = measured(0.010, targeted)
+    window(limit, now, 0.200)
+    assert limit.limit == int(8 + math.sqrt(8))
+    # a target under the floor's allowance changes nothing
+    low = S.model_copy(update={"latency_target_ms": 5.0})
+    limit, now = measured(0.010, low)
+    assert limit.allowance_s == pytest.approx(0.020)
+
+
 def test_the_limit_stays_within_its_bounds():
     limit, now = measured(0.010)
     for _ in range(10):
