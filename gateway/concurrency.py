@@ -20,8 +20,9 @@ The controller measures instead:
    near the floor grows it. ``latency_target_ms`` (off by default) is a latency the
    route's callers accept whatever the floor: on shared cores an image's latency
    swings to several times its floor in waves well inside any deadline, and a limit
-   tied to the floor alone shed 429s through them with CPU to spare. The ``sqrt`` headroom keeps a little queue so the pod's
-   batches stay full (``headroom: none`` drops it).
+   tied to the floor alone shed 429s through them with CPU to spare. The ``sqrt``
+   headroom keeps a little queue so the pod's batches stay full (``headroom: none``
+   drops it).
 
 The minimum is ``min_limit`` per ready endpoint behind the route (``endpoints``, set
 by the admission before each request): "almost no queue" is a few requests on each

@@ -7,7 +7,7 @@ file (see ``docs/gateway.md``). Nothing is read at import time.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -32,6 +32,12 @@ class PoolSettings(BaseModel):
     )
     models: list[str] = Field(
         default_factory=list, description="models served by this pool (for pass-through)"
+    )
+    transport: Literal["grpc", "http"] = Field(
+        "http",
+        description="how the feed and effects pipelines call the pool's models: KServe v2 "
+        "HTTP with the binary tensor extension (an endpoint without an HTTP address is "
+        "called over gRPC) or gRPC; pass-through keeps the caller's protocol",
     )
 
 

@@ -25,8 +25,14 @@ def json_response(doc: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(doc), status=status, content_type="application/json")
 
 
+#: the error's status name (gRPC's, e.g. RESOURCE_EXHAUSTED), where one HTTP status
+#: stands for several (503: overloaded or unavailable): what an upstream client reads
+ERROR_CODE = "Tenfold-Error-Code"
+
+
 def error_response(exc: TenfoldError) -> web.Response:
     response = json_response({"error": exc.message}, exc.http_status)
+    response.headers[ERROR_CODE] = exc.code
     seconds = retry_after_seconds(exc)
     if seconds is not None:
         response.headers["Retry-After"] = str(seconds)

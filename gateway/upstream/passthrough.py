@@ -36,13 +36,18 @@ class HttpPassthrough:
             connector=aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True)
         )
 
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The shared client session (ServerUnavailable before ``start``)."""
+        if self._session is None:
+            raise ServerUnavailable("the HTTP client is not started")
+        return self._session
+
     async def forward(
         self, pool: Pool, request: HttpRequest, deadline: float
     ) -> tuple[int, dict[str, str], bytes]:
         """The endpoint's (status, kept headers, body)."""
-        session = self._session
-        if session is None:
-            raise ServerUnavailable("HTTP pass-through is not started")
+        session = self.session
 
         async def attempt(endpoint: Endpoint, timeout_s: float):
             if not endpoint.settings.http:

@@ -12,7 +12,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.settings import EndpointSettings, GatewaySettings
 from gateway.upstream.balancer import EjectionPolicy
 from gateway.upstream.follower import EndpointFollower
-from gateway.upstream.kserve import PoolClient, call_raw
+from gateway.upstream.kserve import PoolClient, Transport, call_raw
 from gateway.upstream.passthrough import HttpPassthrough, HttpRequest
 from gateway.upstream.pools import Pool, PoolDeps, PoolRegistry
 from inference.protocol.errors import ModelNotFound
@@ -25,9 +25,11 @@ class Upstreams:
         models: dict[str, tuple[str, ...]],
         follower: EndpointFollower | None = None,
         follow_wait_s: float = 0.0,
+        transports: dict[str, Transport] | None = None,
     ) -> None:
         self.pools = pools
         self._models = models  # pool name -> the models it serves
+        self._transports = transports or {}  # pool name -> its pipelines' transport
         self._http = HttpPassthrough()
         self._follower = follower
         self._follow_wait_s = follow_wait_s
@@ -41,7 +43,7 @@ class Upstreams:
         raise ModelNotFound(f"no pool serves model {model!r}")
 
     def client(self, pool: str) -> PoolClient:
-        return PoolClient(self.pools, pool)
+        return PoolClient(self.pools, pool, self._http, self._transports.get(pool, "grpc"))
 
     async def infer_raw(
         self, model: str, method_path: str, request: bytes, deadline: float
@@ -93,8 +95,9 @@ def build_upstreams(
     )
     pools = PoolRegistry({n: Pool(n, p.endpoints, deps) for n, p in settings.pools.items()})
     models = {n: tuple(p.models) for n, p in settings.pools.items()}
+    transports = {n: p.transport for n, p in settings.pools.items()}
     follower = None
     if settings.xds:
         node = settings.xds_node_id
         follower = EndpointFollower(settings.xds, settings.pools, pools.update, node)
-    return Upstreams(pools, models, follower, settings.xds_wait_s)
+    return Upstreams(pools, models, follower, settings.xds_wait_s, transports)

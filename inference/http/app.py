@@ -8,9 +8,14 @@ from aiohttp import web
 from google.protobuf import json_format
 
 from inference.dataplane import DataPlane
-from inference.protocol.errors import InvalidInput
-from inference.protocol.kserve_http import HEADER_LENGTH, decode_request, encode_response
-from servicekit.web import close_while, errors_middleware, json_response
+from inference.protocol.errors import InvalidInput, TenfoldError
+from inference.protocol.kserve_http import (
+    HEADER_LENGTH,
+    TIMEOUT_MS,
+    decode_request,
+    encode_response,
+)
+from servicekit.web import close_while, error_response, errors_middleware, json_response
 
 log = logging.getLogger("tenfold.inference.http")
 
@@ -73,13 +78,37 @@ def _header_length(request: web.Request) -> int | None:
         raise InvalidInput(f"{HEADER_LENGTH} must be an integer, got '{value}'") from None
 
 
+def _timeout_s(request: web.Request) -> float | None:
+    value = request.headers.get(TIMEOUT_MS)
+    if value is None:
+        return None
+    try:
+        ms = float(value)
+    except ValueError:
+        ms = -1.0
+    if not ms >= 0:  # also refuses nan
+        raise InvalidInput(f"{TIMEOUT_MS} must be a non-negative number, got '{value}'")
+    return ms / 1000
+
+
 async def infer(request: web.Request) -> web.Response:
-    _dp(request).servable(*_model(request))
-    body = await request.read()
-    infer_request = decode_request(*_model(request), body, _header_length(request))
-    response = await _dp(request).infer(infer_request)
-    payload, headers = encode_response(infer_request, response)
-    return web.Response(body=payload, headers=headers)
+    """An inference; the answer, refusals included, carries the model's load report
+    (``inference.protocol.loadreport``) as headers, as gRPC answers carry it in their
+    trailing metadata."""
+    served = None
+    try:
+        served = _dp(request).servable(*_model(request))
+        body = await request.read()
+        infer_request = decode_request(*_model(request), body, _header_length(request))
+        response = await _dp(request).infer(infer_request, _timeout_s(request))
+        payload, headers = encode_response(infer_request, response)
+        answer = web.Response(body=payload, headers=headers)
+    except TenfoldError as exc:
+        answer = error_response(exc)
+    report = None if served is None else served.batcher.load_report()
+    if report is not None:
+        answer.headers.update(report.metadata())
+    return answer
 
 
 def create_app(dataplane: DataPlane, *, max_request_bytes: int) -> web.Application:

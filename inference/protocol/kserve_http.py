@@ -13,6 +13,7 @@ from inference.protocol.datatypes import (
     array_from_raw,
     array_to_raw,
     element_count,
+    kserve_datatype,
     numpy_dtype,
 )
 from inference.protocol.errors import InvalidInput
@@ -20,6 +21,9 @@ from inference.protocol.jsondoc import json_object
 from inference.protocol.tensors import InferRequest, InferResponse, RequestedOutput, Tensor
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+#: the caller's remaining time in milliseconds (a gRPC deadline's HTTP form): a request
+#: the model's queue cannot serve in time is refused at once
+TIMEOUT_MS = "Tenfold-Timeout-Ms"
 
 #: numpy kinds a JSON array may hold for each target kind (bool, ints, floats)
 _ACCEPTED_KINDS = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
@@ -199,3 +203,64 @@ def encode_response(request: InferRequest, response: InferResponse) -> tuple[byt
         "Content-Type": "application/octet-stream",
         HEADER_LENGTH: str(len(header)),
     }
+
+
+# -- the client's side: what the gateway sends a pod and reads back -----------------------
+def encode_binary_request(
+    inputs: dict[str, np.ndarray], request_id: str = "", timeout_s: float | None = None
+) -> tuple[bytes, dict[str, str]]:
+    """An inference request with every input as binary data and every output asked for
+    as binary data (Triton's binary tensor extension, what ``tritonclient.http`` sends):
+    the body and its headers."""
+    tensors = []
+    chunks: list[bytes] = []
+    for name, array in inputs.items():
+        datatype = kserve_datatype(array.dtype)
+        raw = array_to_raw(array, datatype)
+        tensors.append(
+            {
+                "name": name,
+                "datatype": datatype,
+                "shape": list(array.shape),
+                "parameters": {"binary_data_size": len(raw)},
+            }
+        )
+        chunks.append(raw)
+    doc: dict[str, Any] = {"inputs": tensors, "parameters": {"binary_data_output": True}}
+    if request_id:
+        doc["id"] = request_id
+    header = orjson.dumps(doc)
+    headers = {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(header))}
+    if timeout_s is not None:
+        headers[TIMEOUT_MS] = f"{max(0.0, timeout_s) * 1000:.3f}"
+    return b"".join([header, *chunks]), headers
+
+
+def decode_binary_response(body: bytes, header_length: int | None) -> tuple[dict, str]:
+    """A pod's inference answer (JSON or binary outputs) -> ({name: array}, version);
+    a malformed one is an ``InvalidInput`` naming what is wrong."""
+    if header_length is None:
+        header, binary = body, memoryview(b"")
+    else:
+        if not 0 <= header_length <= len(body):
+            raise InvalidInput(f"{HEADER_LENGTH} is {header_length}; the body has {len(body)}")
+        header, binary = body[:header_length], memoryview(body)[header_length:]
+    doc = json_object(header, "response body")
+    outputs: dict[str, np.ndarray] = {}
+    offset = 0
+    for index, item in enumerate(doc.get("outputs") or []):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise InvalidInput(f"outputs[{index}] must be an object with a 'name'")
+        name, datatype = item["name"], item.get("datatype")
+        if not isinstance(datatype, str):
+            raise InvalidInput(f"output '{name}' has no 'datatype'")
+        shape = _shape(name, item.get("shape"))
+        size = _parameters(item.get("parameters"), f"output '{name}'").get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+                raise InvalidInput(f"output '{name}': binary data is truncated")
+            outputs[name] = array_from_raw(binary[offset : offset + size], datatype, shape, name)
+            offset += size
+        else:
+            outputs[name] = _json_array(name, datatype, item.get("data"), shape)
+    return outputs, str(doc.get("model_version", ""))

@@ -14,7 +14,14 @@ from inference.grpc.codec import decode_request as grpc_decode
 from inference.grpc.codec import encode_response as grpc_encode
 from inference.protocol.datatypes import deserialize_bytes_tensor, serialize_bytes_tensor
 from inference.protocol.errors import InvalidInput
-from inference.protocol.kserve_http import HEADER_LENGTH, decode_request, encode_response
+from inference.protocol.kserve_http import (
+    HEADER_LENGTH,
+    TIMEOUT_MS,
+    decode_binary_response,
+    decode_request,
+    encode_binary_request,
+    encode_response,
+)
 from inference.protocol.tensors import InferRequest, InferResponse, RequestedOutput, Tensor
 from protos.kserve.v2 import grpc_service_pb2 as pb
 
@@ -123,6 +130,45 @@ def test_http_response_binary_and_json():
     plain, headers = encode_response(InferRequest("m", "", ()), response)
     assert headers["Content-Type"] == "application/json"
     assert orjson.loads(plain)["outputs"][0]["data"] == [1.5, 2.5]
+
+
+def test_the_clients_binary_request_is_what_the_pod_decodes():
+    image = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)
+    ids = np.array([[7, -1]], dtype=np.int64)
+    body, headers = encode_binary_request({"image": image, "ids": ids}, "req-9", 0.25)
+    assert headers[TIMEOUT_MS] == "250.000"
+    req = decode_request("m", "3", body, int(headers[HEADER_LENGTH]))
+    assert (req.model_version, req.id) == ("3", "req-9")
+    assert req.parameters == {"binary_data_output": True}
+    (a, b) = req.inputs
+    assert (a.name, a.datatype, a.shape) == ("image", "UINT8", (2, 4, 4, 3))
+    assert np.array_equal(a.data, image) and b.datatype == "INT64"
+    assert np.array_equal(b.data, ids)
+    _, plain = encode_binary_request({"x": ids})
+    assert TIMEOUT_MS not in plain
+
+
+def test_the_pods_answer_decodes_back_to_its_arrays_binary_or_json():
+    y = np.array([[1.5, 2.5]], dtype=np.float32)
+    t = np.array([b"hi", b""], dtype=np.object_)
+    response = InferResponse(
+        "m", "4", (Tensor("y", "FP32", (1, 2), y), Tensor("t", "BYTES", (2,), t))
+    )
+    asked = InferRequest("m", "", (), parameters={"binary_data_output": True})
+    body, headers = encode_response(asked, response)
+    outputs, version = decode_binary_response(body, int(headers[HEADER_LENGTH]))
+    assert version == "4" and np.array_equal(outputs["y"], y)
+    assert outputs["t"].tolist() == [b"hi", b""]
+    plain, headers = encode_response(InferRequest("m", "", ()), response)  # JSON data
+    assert HEADER_LENGTH not in headers
+    outputs, _ = decode_binary_response(plain, None)
+    assert outputs["y"].dtype == np.float32 and outputs["y"].tolist() == [[1.5, 2.5]]
+    assert outputs["t"].tolist() == [b"hi", b""]
+    n = int(encode_response(asked, response)[1][HEADER_LENGTH])
+    with pytest.raises(InvalidInput, match="truncated"):
+        decode_binary_response(body[:-3], n)
+    with pytest.raises(InvalidInput, match=HEADER_LENGTH):
+        decode_binary_response(body, len(body) + 1)
 
 
 def test_bytes_tensor_round_trip_and_truncation():
