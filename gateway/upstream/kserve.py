@@ -77,7 +77,8 @@ class PoolClient:
     the pool is looked up per call, so a missing one answers 503 like any other route.
 
     ``transport`` "http" sends each call to the endpoint's KServe v2 HTTP address with
-    the binary tensor extension (an endpoint without one is called over gRPC): on this
+    the binary tensor extension (an endpoint without one, or whose HTTP address refuses
+    the connection, is called over gRPC): on this
     machine a grpc.aio round trip of 196 KB each way cost ~0.8 ms of CPU on its two
     sides, aiohttp's ~0.26 (docs/benchmarks.md)."""
 
@@ -108,9 +109,15 @@ class PoolClient:
         async def attempt(endpoint: Endpoint, timeout_s: float):
             nonlocal grpc_request
             if self.transport == "http" and endpoint.settings.http:
-                return await self._http_attempt(
-                    pool, endpoint, model, version, inputs, request_id, timeout_s
-                )
+                try:
+                    return await self._http_attempt(
+                        pool, endpoint, model, version, inputs, request_id, timeout_s
+                    )
+                except aiohttp.ClientConnectorError:
+                    # nothing was sent: the HTTP address does not answer (a pod restarted
+                    # on its gRPC address, which health checks and identifies it, with
+                    # another HTTP port): this attempt goes over gRPC
+                    pass
             if grpc_request is None:
                 grpc_request = infer_request(model, inputs, version, request_id).SerializeToString()
             raw = await _grpc_attempt(pool, endpoint, MODEL_INFER, grpc_request, timeout_s)
@@ -141,6 +148,8 @@ class PoolClient:
                 pool.reported(endpoint, resp.headers.items())
                 status, header_length = resp.status, resp.headers.get(HEADER_LENGTH)
                 code = resp.headers.get(ERROR_CODE)
+        except aiohttp.ClientConnectorError:
+            raise  # not connected: the caller falls back to gRPC
         except (aiohttp.ClientConnectionError, ConnectionError) as exc:
             raise unreachable(pool.name, exc) from None
         except TimeoutError:

@@ -70,8 +70,12 @@ async def test_http_and_grpc_answers_are_the_same_arrays_and_errors(pod):
         await http.close()
 
 
-async def test_an_endpoint_without_an_http_address_is_called_over_grpc(pod):
-    http, pools, over_http, _ = await clients([EndpointSettings(grpc=pod.grpc)])
+@pytest.mark.parametrize("http_address", [None, "closed"])
+async def test_an_endpoint_without_a_working_http_address_is_called_over_grpc(pod, http_address):
+    # "closed": a pod restarted on its gRPC address (which identifies and health checks
+    # it) with another HTTP port than the config says
+    address = f"127.0.0.1:{free_port()}" if http_address == "closed" else None
+    http, pools, over_http, _ = await clients([EndpointSettings(grpc=pod.grpc, http=address)])
     try:
         x = np.ones((1, 2), np.float32)
         outputs, _ = await over_http.infer("scale", {"x": x}, time.monotonic() + 10)
