@@ -179,14 +179,19 @@ class GatewaySettings(BaseSettings):
         "at once (429) instead of queueing into a 504 (gateway/concurrency.py)",
     )
     concurrency_routes: dict[str, dict[str, Any]] = Field(
-        default_factory=lambda: {"effects": {"buffer": 3.0, "latency_target_ms": 100.0}},
+        default_factory=lambda: {
+            "effects": {"buffer": 3.0, "latency_target_ms": 100.0},
+            "feed": {"latency_target_ms": 40.0},
+        },
         description="per-route changes to `concurrency` (route -> its fields); a value "
         "given replaces this default. effects: buffer 3 (latency up to 4x the floor) and "
         "a 100 ms latency target: an image's floor is ~10-25 ms of compute on shared "
         "cores, where it swings to several times that in waves well before the pods are "
         "overloaded; with buffer 1 the route shed 429s at ~150/s with CPU to spare, with "
-        "buffer 3 alone 12 % of a sustained 140/s, with the target 1.7 % "
-        '(docs/benchmarks.md, "Effects under sustained load")',
+        "buffer 3 alone 12 % of a sustained 140/s, with the target 1.7 %. feed: a 40 ms "
+        "target: its floor is ~10 ms (the pod's batching wait), and buffer 1 alone shed "
+        "9 % of 300/s with a third of the CPU unused; with the target 1 % "
+        '(docs/benchmarks.md, "Effects under sustained load", "Feed end to end")',
     )
     max_inflight: int = Field(256, ge=1, description="requests in flight per worker")
     max_queue: int = Field(128, ge=0, description="requests waiting for a slot per worker")

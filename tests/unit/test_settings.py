@@ -65,7 +65,7 @@ def test_route_concurrency_layers_the_routes_changes_over_the_shared_settings():
     effects, feed = s.route_concurrency("effects"), s.route_concurrency("feed")
     # the default change for effects (buffer 3) over the shared fields given
     assert (effects.buffer, effects.min_limit, effects.initial_limit) == (3.0, 2, 8)
-    assert (effects.latency_target_ms, feed.latency_target_ms) == (100.0, None)
+    assert (effects.latency_target_ms, feed.latency_target_ms) == (100.0, 40.0)
     assert (feed.buffer, feed.min_limit) == (1.0, 2)
     given = GatewaySettings(concurrency_routes={"feed": {"buffer": 0.5}})
     assert given.route_concurrency("feed").buffer == 0.5
