@@ -19,6 +19,7 @@ from inference.protocol.kserve_http import (
     HEADER_LENGTH,
     decode_binary_response,
     encode_binary_request,
+    timeout_header,
 )
 from inference.protocol.kserve_pb import infer_outputs, infer_request
 from protos.kserve.v2 import grpc_service_pb2 as pb
@@ -104,14 +105,18 @@ class PoolClient:
     ) -> tuple[dict[str, np.ndarray], str]:
         """Run ``model`` on ``inputs``; returns (outputs, model version)."""
         pool = self.pools.get(self.name)
+        # each encoded once, when an attempt first needs it (retries and hedges reuse it)
         grpc_request: bytes | None = None
+        http_request: tuple[bytes, dict[str, str]] | None = None
 
         async def attempt(endpoint: Endpoint, timeout_s: float):
-            nonlocal grpc_request
+            nonlocal grpc_request, http_request
             if self.transport == "http" and endpoint.settings.http:
+                if http_request is None:
+                    http_request = encode_binary_request(inputs, request_id)
                 try:
                     return await self._http_attempt(
-                        pool, endpoint, model, version, inputs, request_id, timeout_s
+                        pool, endpoint, model, version, http_request, timeout_s
                     )
                 except aiohttp.ClientConnectorError:
                     # nothing was sent: the HTTP address does not answer (a pod restarted
@@ -132,14 +137,13 @@ class PoolClient:
         endpoint: Endpoint,
         model: str,
         version: str,
-        inputs: dict[str, np.ndarray],
-        request_id: str,
+        request: tuple[bytes, dict[str, str]],
         timeout_s: float,
     ) -> tuple[dict[str, np.ndarray], str]:
         assert self.http is not None
         versioned = f"/versions/{version}" if version else ""
         url = f"http://{endpoint.settings.http}/v2/models/{model}{versioned}/infer"
-        body, headers = encode_binary_request(inputs, request_id, timeout_s)
+        body, headers = request[0], {**request[1], **timeout_header(timeout_s)}
         try:
             async with self.http.session.post(
                 url, data=body, headers=headers, timeout=ClientTimeout(total=timeout_s)

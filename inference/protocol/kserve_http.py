@@ -91,17 +91,46 @@ def _parameters(value: Any, where: str) -> dict:
     return value
 
 
+def _split(body: bytes, header_length: int | None) -> tuple[bytes, memoryview]:
+    """The JSON header and the binary data after it (``HEADER_LENGTH``; None: all JSON)."""
+    if header_length is None:
+        return body, memoryview(b"")
+    if header_length < 0 or header_length > len(body):
+        raise InvalidInput(f"{HEADER_LENGTH} is {header_length} but the body has {len(body)} bytes")
+    return body[:header_length], memoryview(body)[header_length:]
+
+
+def _tensor_data(
+    kind: str,
+    item: dict,
+    name: str,
+    datatype: str,
+    shape: tuple[int, ...],
+    binary: memoryview,
+    offset: int,
+) -> tuple[np.ndarray, int]:
+    """An input's or output's values, as binary data at ``offset`` or as JSON ``data``;
+    and the offset of the next tensor's binary data."""
+    params = _parameters(item.get("parameters"), f"{kind} '{name}'")
+    size = params.get("binary_data_size")
+    if size is not None:
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise InvalidInput(f"{kind} '{name}': binary_data_size must be a byte count")
+        if offset + size > len(binary):
+            raise InvalidInput(
+                f"{kind} '{name}': binary data is truncated (needs {size} bytes at offset "
+                f"{offset}, body has {len(binary)})"
+            )
+        return array_from_raw(binary[offset : offset + size], datatype, shape, name), offset + size
+    if "data" in item:
+        return _json_array(name, datatype, item["data"], shape), offset
+    raise InvalidInput(f"{kind} '{name}' has neither 'data' nor binary_data_size")
+
+
 def decode_request(
     model: str, version: str, body: bytes, header_length: int | None
 ) -> InferRequest:
-    if header_length is None:
-        header, binary = body, memoryview(b"")
-    else:
-        if header_length < 0 or header_length > len(body):
-            raise InvalidInput(
-                f"{HEADER_LENGTH} is {header_length} but the body has {len(body)} bytes"
-            )
-        header, binary = body[:header_length], memoryview(body)[header_length:]
+    header, binary = _split(body, header_length)
     doc = json_object(header, "request body")
     raw_inputs = doc.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
@@ -119,22 +148,7 @@ def decode_request(
             raise InvalidInput(f"input '{name}' has no 'datatype'")
         numpy_dtype(datatype)  # unknown datatypes fail here with a clear message
         shape = _shape(name, item.get("shape"))
-        params = _parameters(item.get("parameters"), f"input '{name}'")
-        size = params.get("binary_data_size")
-        if size is not None:
-            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-                raise InvalidInput(f"input '{name}': binary_data_size must be a byte count")
-            if offset + size > len(binary):
-                raise InvalidInput(
-                    f"input '{name}': binary data is truncated (needs {size} bytes at offset "
-                    f"{offset}, body has {len(binary)})"
-                )
-            data = array_from_raw(binary[offset : offset + size], datatype, shape, name)
-            offset += size
-        elif "data" in item:
-            data = _json_array(name, datatype, item["data"], shape)
-        else:
-            raise InvalidInput(f"input '{name}' has neither 'data' nor binary_data_size")
+        data, offset = _tensor_data("input", item, name, datatype, shape, binary, offset)
         inputs.append(Tensor(name, datatype, shape, data))
     if offset != len(binary):
         raise InvalidInput(f"{len(binary) - offset} bytes of binary data follow the inputs unused")
@@ -207,11 +221,11 @@ def encode_response(request: InferRequest, response: InferResponse) -> tuple[byt
 
 # -- the client's side: what the gateway sends a pod and reads back -----------------------
 def encode_binary_request(
-    inputs: dict[str, np.ndarray], request_id: str = "", timeout_s: float | None = None
+    inputs: dict[str, np.ndarray], request_id: str = ""
 ) -> tuple[bytes, dict[str, str]]:
     """An inference request with every input as binary data and every output asked for
     as binary data (Triton's binary tensor extension, what ``tritonclient.http`` sends):
-    the body and its headers."""
+    the body and its headers (each attempt adds ``timeout_header``)."""
     tensors = []
     chunks: list[bytes] = []
     for name, array in inputs.items():
@@ -231,20 +245,18 @@ def encode_binary_request(
         doc["id"] = request_id
     header = orjson.dumps(doc)
     headers = {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(header))}
-    if timeout_s is not None:
-        headers[TIMEOUT_MS] = f"{max(0.0, timeout_s) * 1000:.3f}"
     return b"".join([header, *chunks]), headers
+
+
+def timeout_header(timeout_s: float) -> dict[str, str]:
+    """The caller's remaining time as the header a pod reads (``TIMEOUT_MS``)."""
+    return {TIMEOUT_MS: f"{max(0.0, timeout_s) * 1000:.3f}"}
 
 
 def decode_binary_response(body: bytes, header_length: int | None) -> tuple[dict, str]:
     """A pod's inference answer (JSON or binary outputs) -> ({name: array}, version);
     a malformed one is an ``InvalidInput`` naming what is wrong."""
-    if header_length is None:
-        header, binary = body, memoryview(b"")
-    else:
-        if not 0 <= header_length <= len(body):
-            raise InvalidInput(f"{HEADER_LENGTH} is {header_length}; the body has {len(body)}")
-        header, binary = body[:header_length], memoryview(body)[header_length:]
+    header, binary = _split(body, header_length)
     doc = json_object(header, "response body")
     outputs: dict[str, np.ndarray] = {}
     offset = 0
@@ -255,12 +267,5 @@ def decode_binary_response(body: bytes, header_length: int | None) -> tuple[dict
         if not isinstance(datatype, str):
             raise InvalidInput(f"output '{name}' has no 'datatype'")
         shape = _shape(name, item.get("shape"))
-        size = _parameters(item.get("parameters"), f"output '{name}'").get("binary_data_size")
-        if size is not None:
-            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
-                raise InvalidInput(f"output '{name}': binary data is truncated")
-            outputs[name] = array_from_raw(binary[offset : offset + size], datatype, shape, name)
-            offset += size
-        else:
-            outputs[name] = _json_array(name, datatype, item.get("data"), shape)
+        outputs[name], offset = _tensor_data("output", item, name, datatype, shape, binary, offset)
     return outputs, str(doc.get("model_version", ""))

@@ -21,6 +21,7 @@ from inference.protocol.kserve_http import (
     decode_request,
     encode_binary_request,
     encode_response,
+    timeout_header,
 )
 from inference.protocol.tensors import InferRequest, InferResponse, RequestedOutput, Tensor
 from protos.kserve.v2 import grpc_service_pb2 as pb
@@ -135,8 +136,8 @@ def test_http_response_binary_and_json():
 def test_the_clients_binary_request_is_what_the_pod_decodes():
     image = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)
     ids = np.array([[7, -1]], dtype=np.int64)
-    body, headers = encode_binary_request({"image": image, "ids": ids}, "req-9", 0.25)
-    assert headers[TIMEOUT_MS] == "250.000"
+    body, headers = encode_binary_request({"image": image, "ids": ids}, "req-9")
+    assert timeout_header(0.25) == {TIMEOUT_MS: "250.000"}
     req = decode_request("m", "3", body, int(headers[HEADER_LENGTH]))
     assert (req.model_version, req.id) == ("3", "req-9")
     assert req.parameters == {"binary_data_output": True}
