@@ -4,19 +4,16 @@ the endpoint's fault or not) is what the same gRPC status means."""
 
 from __future__ import annotations
 
-import random
 import time
+from contextlib import asynccontextmanager
 
 import numpy as np
 import pytest
 from aiohttp import web
 
 from gateway.metrics import GatewayMetrics
-from gateway.settings import EndpointSettings
-from gateway.upstream.balancer import EjectionPolicy
-from gateway.upstream.kserve import PoolClient
-from gateway.upstream.passthrough import HttpPassthrough
-from gateway.upstream.pools import Pool, PoolDeps, PoolRegistry
+from gateway.settings import EndpointSettings, GatewaySettings
+from gateway.upstream.upstreams import Upstreams, build_upstreams
 from inference.protocol.errors import InvalidInput, ModelNotFound, Overloaded
 from servicekit.launcher import free_port
 from servicekit.web import error_response
@@ -24,31 +21,29 @@ from servicekit.web import error_response
 pytestmark = pytest.mark.integration
 
 
-def registry(endpoints: list[EndpointSettings], retry_floor: float = 0.0) -> PoolRegistry:
-    deps = PoolDeps(
-        metrics=GatewayMetrics(),
-        clock=time.monotonic,
-        rng=random.Random(0),
-        policy=EjectionPolicy(3, 5.0, 30.0),
-        budget_ratio=0.2,
-        budget_min_per_s=retry_floor,
-        hedge_after_s=None,
+@asynccontextmanager
+async def upstreams(endpoints: list[EndpointSettings], retry_floor: float = 5.0):
+    """The gateway's upstream side as its settings build it: pool "default" (the
+    default transport, HTTP) and pool "grpc" (``transport: grpc``) over the same endpoints."""
+    listed = [e.model_dump() for e in endpoints]
+    settings = GatewaySettings(
+        pools={
+            "default": {"endpoints": listed},
+            "grpc": {"endpoints": listed, "transport": "grpc"},
+        },
+        retry_budget_min_per_s=retry_floor,
     )
-    return PoolRegistry({"p": Pool("p", endpoints, deps)})
-
-
-async def clients(endpoints: list[EndpointSettings], retry_floor: float = 0.0):
-    http = HttpPassthrough()
-    await http.start()
-    pools = registry(endpoints, retry_floor)
-    return http, pools, PoolClient(pools, "p", http, "http"), PoolClient(pools, "p")
+    built: Upstreams = build_upstreams(settings, GatewayMetrics())
+    await built.start()
+    try:
+        yield built
+    finally:
+        await built.close()
 
 
 async def test_http_and_grpc_answers_are_the_same_arrays_and_errors(pod):
-    http, pools, over_http, over_grpc = await clients(
-        [EndpointSettings(grpc=pod.grpc, http=pod.http)]
-    )
-    try:
+    async with upstreams([EndpointSettings(grpc=pod.grpc, http=pod.http)]) as built:
+        over_http, over_grpc = built.client("default"), built.client("grpc")
         x = np.array([[1.5, -2.0], [0.25, 4.0]], np.float32)
         deadline = time.monotonic() + 10
         by_http, version = await over_http.infer("scale", {"x": x}, deadline, request_id="r1")
@@ -63,11 +58,8 @@ async def test_http_and_grpc_answers_are_the_same_arrays_and_errors(pod):
             with pytest.raises(InvalidInput, match="x"):
                 await client.infer("scale", {"x": x.astype(np.int32)}, deadline)
         # the answer's load report reached the pool, as over gRPC
-        (endpoint,) = pools.get("p").endpoints
+        (endpoint,) = built.pools.get("default").endpoints
         assert endpoint.state.report is not None
-    finally:
-        await pools.close()
-        await http.close()
 
 
 @pytest.mark.parametrize("http_address", [None, "closed"])
@@ -75,14 +67,10 @@ async def test_an_endpoint_without_a_working_http_address_is_called_over_grpc(po
     # "closed": a pod restarted on its gRPC address (which identifies and health checks
     # it) with another HTTP port than the config says
     address = f"127.0.0.1:{free_port()}" if http_address == "closed" else None
-    http, pools, over_http, _ = await clients([EndpointSettings(grpc=pod.grpc, http=address)])
-    try:
+    async with upstreams([EndpointSettings(grpc=pod.grpc, http=address)]) as built:
         x = np.ones((1, 2), np.float32)
-        outputs, _ = await over_http.infer("scale", {"x": x}, time.monotonic() + 10)
+        outputs, _ = await built.client("default").infer("scale", {"x": x}, time.monotonic() + 10)
         assert outputs
-    finally:
-        await pools.close()
-        await http.close()
 
 
 async def test_an_overloaded_http_endpoint_is_retried_on_another_and_not_ejected(pod):
@@ -99,20 +87,18 @@ async def test_an_overloaded_http_endpoint_is_retried_on_another_and_not_ejected
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     busy = EndpointSettings(grpc="127.0.0.1:9", http=f"127.0.0.1:{port}")
-    http, pools, over_http, _ = await clients([busy], retry_floor=100)
+    x = np.ones((1, 2), np.float32)
     try:
-        with pytest.raises(Overloaded, match="queue full"):
-            await over_http.infer("scale", {"x": np.ones((1, 2), np.float32)}, time.monotonic() + 5)
-        assert calls == ["/v2/models/scale/infer"]
-        pools.update("p", [busy, EndpointSettings(grpc=pod.grpc, http=pod.http)])
-        for _ in range(6):  # wherever the balancer sends it first, the pod answers
-            outputs, _ = await over_http.infer(
-                "scale", {"x": np.ones((1, 2), np.float32)}, time.monotonic() + 5
-            )
-            assert outputs
-        shedding = next(e for e in pools.get("p").endpoints if e.settings == busy)
-        assert not shedding.state.ejected(time.monotonic())  # busy is not broken
+        async with upstreams([busy], retry_floor=100) as built:
+            over_http = built.client("default")
+            with pytest.raises(Overloaded, match="queue full"):
+                await over_http.infer("scale", {"x": x}, time.monotonic() + 5)
+            assert calls == ["/v2/models/scale/infer"]
+            built.update("default", [busy, EndpointSettings(grpc=pod.grpc, http=pod.http)])
+            for _ in range(6):  # wherever the balancer sends it first, the pod answers
+                outputs, _ = await over_http.infer("scale", {"x": x}, time.monotonic() + 5)
+                assert outputs
+            shedding = next(e for e in built.pools.get("default").endpoints if e.settings == busy)
+            assert not shedding.state.ejected(time.monotonic())  # busy is not broken
     finally:
-        await pools.close()
-        await http.close()
         await runner.cleanup()
