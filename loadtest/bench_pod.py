@@ -30,6 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from inference.examples import mlp
 from inference.launch import start_pod
+from inference.protocol.kserve_http import encode_binary_request
 from loadtest.openloop import ClosedLoopResult, closed_loop
 from protos.kserve.v2 import grpc_service_pb2 as pb
 from servicekit import kserve_grpc
@@ -108,24 +109,7 @@ async def run_grpc(
 async def run_http(
     port: int, row: np.ndarray, concurrency: int, duration: float
 ) -> ClosedLoopResult:
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "features",
-                    "datatype": "FP32",
-                    "shape": list(row.shape),
-                    "parameters": {"binary_data_size": row.nbytes},
-                }
-            ],
-            "parameters": {"binary_data_output": True},
-        }
-    ).encode()
-    body = header + row.tobytes()
-    headers = {
-        "Inference-Header-Content-Length": str(len(header)),
-        "Content-Type": "application/octet-stream",
-    }
+    body, headers = encode_binary_request({"features": row})
     url = f"http://127.0.0.1:{port}/v2/models/{MODEL}/infer"
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
