@@ -28,7 +28,7 @@ from gateway.launch import DEFAULT_MODELS, gateway_config, start_gateway
 from inference.launch import start_pod
 from mesh.envoy import EnvoyProcess, start_envoy
 from mesh.launch import put_endpoints, start_control_plane
-from servicekit.launcher import LaunchError, ServiceProcess
+from servicekit.launcher import LaunchError, ServiceProcess, free_port
 from servicekit.redis import redis_url, start_redis
 from servicekit.supervisor import RestartBudget
 from tenfold.live import StackView, TrafficWatch
@@ -159,7 +159,10 @@ class Stack:
         if self.scaled is not None:  # a pool per product
             config["pools"] = {p: {"models": list(m)} for p, m in PRODUCT_POOLS.items()}
             config["feed_pool"], config["effects_pool"] = "feed", "effects"
-        self.gateway = start_gateway(config)
+        # behind Envoy the gateway's ports are private: any free ones, but several
+        # workers share fixed ports (SO_REUSEPORT), so those are chosen here
+        ports = {"port": free_port(), "grpc_port": free_port()} if o.workers > 1 else {}
+        self.gateway = start_gateway(config, **ports)
         say(self.gateway.new_output(), end="")
         if self.scaled is not None:
             self.scaled.attach(f"http://{self.gateway.http}/metrics")

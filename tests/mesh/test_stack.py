@@ -228,6 +228,36 @@ def test_tenfold_up_serves_through_envoy_and_stops_in_order_on_sigterm(quick_rep
     assert order == sorted(order), rest
 
 
+def test_tenfold_up_with_two_gateway_workers_serves_through_envoy(quick_repo):
+    # docs/gateway.md: "--workers N ... N worker processes share the ports"; behind
+    # Envoy the stack picks the gateway's (private) ports, since workers need fixed ones
+    import psutil
+
+    proc = tenfold_up(quick_repo, "--workers", "2")
+    lines: list[str] = []
+    try:
+        port = edge_port(proc, lines)
+        assert any("workers=2" in line for line in lines), "".join(lines)
+        workers = [
+            c
+            for c in psutil.Process(proc.pid).children(recursive=True)
+            if "gateway.worker" in " ".join(c.cmdline())
+        ]
+        assert len(workers) == 2
+        with requests.Session() as session:
+            codes = [
+                session.post(f"http://127.0.0.1:{port}/v1/feed", json=FEED, timeout=10)
+                for _ in range(10)
+            ]
+        assert [c.status_code for c in codes] == [200] * 10
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+
+
 def test_tenfold_up_keeps_serving_when_a_pod_dies_and_restarts_it(quick_repo):
     # issue 19 item 9 / tenfold/stack.py: "A pod that exits is restarted on its ports
     # (out of its pool until ready) while the others serve"
