@@ -48,6 +48,8 @@ class EffectsBenchPlan:
     upload: int = 640
     torch_threads: tuple[int, ...] = (1, 2)
     gateway_workers: int = 1
+    #: niceness of the load generator's worker (RunPlan.nice), the same for every server
+    generator_nice: int = 0
     #: rates tried between the last rung kept and the one missed (bench_feed.climb)
     refine: int = 3
 
@@ -108,7 +110,8 @@ def table(results: dict, plan: EffectsBenchPlan) -> str:
         )
         lines += [
             f"\nPOST /v1/effects/cartoon?size={size}, {plan.upload}px JPEG uploads; p99 budget "
-            f"{plan.p99_budget_ms:g} ms; {plan.duration_s:g} s per rate\n",
+            f"{plan.p99_budget_ms:g} ms; {plan.duration_s:g} s per rate; generator at nice "
+            f"{plan.generator_nice}\n",
             *server_header("req/s"),
             *server_rows(servers),
         ]
@@ -137,6 +140,7 @@ def benchmark(plan: EffectsBenchPlan, out: Path | None = None) -> dict:
         upload_long_side=plan.upload,
         p99_budget_ms=plan.p99_budget_ms,
         duration_s_per_rate=plan.duration_s,
+        generator_nice=plan.generator_nice,
     )
     publish(results, table(results, plan), out)
     return results

@@ -56,6 +56,8 @@ class FeedBenchPlan:
     top_rate: float = 5000.0
     torch_threads: tuple[int, ...] = (1, 2)
     gateway_workers: int = 1  # what `tenfold up` (make run) starts
+    #: niceness of the load generator's worker (RunPlan.nice), the same for every server
+    generator_nice: int = 0
     #: rates tried between the last rung kept and the one missed (climb)
     refine: int = 3
 
@@ -188,6 +190,7 @@ def measure_rate(
     rate: float,
     duration_s: float,
     p99_budget_ms: float | None = None,
+    nice: int = 0,
 ) -> dict:
     """One open-loop rate against ``address`` (after 1 s of warm-up): its figures,
     whether it met the budget, and the cores the server's processes and the generator
@@ -200,6 +203,7 @@ def measure_rate(
         warmup_s=1.0,
         timeout_s=10,
         p99_budget_ms=p99_budget_ms,
+        nice=nice,
     )
     before, mine0 = _cpu(process_tree(server_pids)), _own_cpu()
     started = time.perf_counter()
@@ -227,7 +231,15 @@ def load(address: str, server_pids: list[int], plan, spec: ScenarioSpec, label: 
     missed one; each step's figures and the CPU of the server and the generator."""
 
     def measure(rate: float) -> dict:
-        row = measure_rate(address, server_pids, spec, rate, plan.duration_s, plan.p99_budget_ms)
+        row = measure_rate(
+            address,
+            server_pids,
+            spec,
+            rate,
+            plan.duration_s,
+            plan.p99_budget_ms,
+            nice=getattr(plan, "generator_nice", 0),
+        )
         print(
             f"  {label}: {rate:g}/s -> {row['achieved']:g}/s p99 {row['p99_ms']:g} ms "
             f"errors {row['errors']} cores {row['cores']}",
@@ -349,7 +361,8 @@ def table(results: dict, plan: FeedBenchPlan) -> str:
     best_naive = max(naive.values(), default=0.0)
     lines = [
         f"POST /v1/feed, 20 items, {plan.history} history items per session; "
-        f"p99 budget {plan.p99_budget_ms:g} ms; {plan.duration_s:g} s per rate\n",
+        f"p99 budget {plan.p99_budget_ms:g} ms; {plan.duration_s:g} s per rate; "
+        f"generator at nice {plan.generator_nice}\n",
         *server_header("feeds/s"),
     ]
     lines += server_rows(servers)
@@ -396,6 +409,7 @@ def benchmark(plan: FeedBenchPlan, out: Path | None = None) -> dict:
         history_items=plan.history,
         p99_budget_ms=plan.p99_budget_ms,
         duration_s_per_rate=plan.duration_s,
+        generator_nice=plan.generator_nice,
     )
     publish(results, table(results, plan), out)
     return results

@@ -32,6 +32,11 @@ app.add_typer(bench, name="bench")
 #: the ``--repository`` option of every benchmark that starts the stack
 Repository = Annotated[Path, typer.Option(help="model repository with the default models")]
 DEFAULT_REPOSITORY = Path("var/model-repository")
+NICE_HELP = (
+    "niceness (0-19) of the generator's worker processes: on a machine shared with the "
+    "servers under test, they keep the CPU first (latency still counts from each "
+    "request's scheduled start)"
+)
 
 LOADTEST_EXTRA = frozenset(
     {"hdrh", "tritonclient", "geventhttpclient", "locust", "matplotlib", "jinja2"}
@@ -141,6 +146,7 @@ def run(
         int, typer.Option(help="per-process cap on requests in flight")
     ] = 10_000,
     allow_remote: Annotated[bool, typer.Option(help="allow a non-loopback target")] = False,
+    nice: Annotated[int, typer.Option(help=NICE_HELP)] = 0,
 ) -> None:
     """Send SCENARIO requests to TARGET at a fixed rate and report honest latency."""
     with _loadtest_extra():
@@ -178,6 +184,7 @@ def run(
             max_outstanding=max_outstanding,
             p99_budget_ms=p99_ms,
             max_error_rate=max_error_rate,
+            nice=nice,
         )
         steps = runner.run(plan, _Progress(duration))
     if sys.stderr.isatty():
@@ -337,6 +344,7 @@ def bench_feed(
     p99_ms: Annotated[float, typer.Option(help="p99 budget in ms")] = 100.0,
     start_rate: Annotated[float, typer.Option(help="first rate of the ladder")] = 40.0,
     workers: Annotated[int, typer.Option(min=1, help="gateway workers of the tenfold stack")] = 1,
+    generator_nice: Annotated[int, typer.Option(min=0, max=19, help=NICE_HELP)] = 0,
     out: Annotated[
         Path | None, typer.Option(help="write JSON results here (and the tables as .md)")
     ] = None,
@@ -355,6 +363,7 @@ def bench_feed(
             p99_budget_ms=p99_ms,
             start_rate=start_rate,
             gateway_workers=workers,
+            generator_nice=generator_nice,
         )
         module.benchmark(plan, out)
 
@@ -452,6 +461,7 @@ def bench_effects(
     p99_ms: Annotated[float, typer.Option(help="p99 budget in ms")] = 500.0,
     start_rate: Annotated[float, typer.Option(help="first rate of the ladder")] = 5.0,
     upload: Annotated[int, typer.Option(help="long side of the JPEG uploads")] = 640,
+    generator_nice: Annotated[int, typer.Option(min=0, max=19, help=NICE_HELP)] = 0,
     out: Annotated[
         Path | None, typer.Option(help="write JSON results here (and the tables as .md)")
     ] = None,
@@ -469,6 +479,7 @@ def bench_effects(
             p99_budget_ms=p99_ms,
             start_rate=start_rate,
             upload=upload,
+            generator_nice=generator_nice,
         )
         module.benchmark(plan, out)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import math
 import multiprocessing as mp
+import os
 import queue
 import time
 import traceback
@@ -42,6 +43,11 @@ class RunPlan:
     max_outstanding: int = 10_000
     p99_budget_ms: float | None = None
     max_error_rate: float = 0.01
+    #: niceness of the worker processes (0-19): on a machine the generator shares with
+    #: the servers under test, they then keep the CPU first. Latency counts from each
+    #: request's scheduled start, so a generator that falls behind counts against the
+    #: server, never for it (``start_lag`` shows it)
+    nice: int = 0
 
     def __post_init__(self) -> None:
         if not self.rates or any(r <= 0 for r in self.rates):
@@ -56,6 +62,8 @@ class RunPlan:
             raise LoadTestError(f"p99 budget must be positive, got {self.p99_budget_ms}")
         if not 0 <= self.max_error_rate <= 1:
             raise LoadTestError(f"max error rate must be within [0, 1], got {self.max_error_rate}")
+        if not 0 <= self.nice <= 19:
+            raise LoadTestError(f"nice must be within [0, 19], got {self.nice}")
 
 
 @dataclass
@@ -104,6 +112,8 @@ def _worker(index: int, plan: RunPlan, commands, results) -> None:
     import uvloop
 
     try:
+        if plan.nice:
+            os.nice(plan.nice)
         uvloop.run(_serve_steps(index, plan, commands, results))
     except BaseException:
         results.put(("error", index, traceback.format_exc(limit=3)))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import random
+import time
 from collections import Counter
 
 import aiohttp
@@ -14,7 +16,7 @@ from loadtest.openloop import arrivals, closed_loop, open_loop
 from loadtest.recorder import TIMEOUT, Interval, is_ok
 from loadtest.runner import RunPlan, run
 from loadtest.scenarios import FeedSessions, ScenarioSpec
-from loadtest.targets import Target
+from loadtest.targets import LoadTestError, Target
 from tests.loadtest.slow_server import SlowServer
 
 # the tests that start the slow server or load processes, or open sockets, are marked
@@ -167,6 +169,44 @@ def test_intervals_merge_exactly_through_the_wire():
 
 
 @pytest.mark.integration
+@pytest.mark.integration
+def test_nice_applies_to_the_generator_processes_only():
+    # loadtest/runner.py RunPlan.nice: the worker processes run at that niceness (so the
+    # servers they share a machine with keep the CPU first); this process does not
+    import threading
+
+    import psutil
+
+    plan = RunPlan(Target.parse("http://127.0.0.1:1"), ScenarioSpec("feed"), (20.0,), 1.5, nice=7)
+    seen: dict[int, int] = {}
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            for child in psutil.Process().children():
+                with contextlib.suppress(psutil.Error):
+                    if "spawn_main" in " ".join(child.cmdline()):
+                        seen[child.pid] = child.nice()
+            time.sleep(0.05)
+
+    own = psutil.Process().nice()
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        (step,) = run(plan, check=False)  # nothing listens: every request fails fast
+    finally:
+        done.set()
+        watcher.join()
+    assert step.sent > 0 and seen and set(seen.values()) == {own + 7}
+    assert psutil.Process().nice() == own
+
+
+def test_nice_out_of_range_is_refused():
+    for bad in (-1, 20):
+        with pytest.raises(LoadTestError, match="nice must be within"):
+            RunPlan(Target.parse("http://127.0.0.1:1"), ScenarioSpec("feed"), (1.0,), 1.0, nice=bad)
+
+
 def test_processes_merge_into_one_report():
     with SlowServer(service_s=0.001) as server:
         plan = RunPlan(Target.parse(server.url), ScenarioSpec("feed"), (60.0,), 2.0, processes=3)
