@@ -240,11 +240,24 @@ class GatewayCore:
             raise ServerUnavailable("the feed is not configured (no feed assets)")
         arm = assign(self.settings.experiments, str(body.user_id))
         call.arm = arm.label
-        body, history_source, state = await self._with_state(body, call)
         trending = None
         if self.events is not None:
             trending = Trending(self.events.trending, self.settings.events.trending_slots)
-        result = await self.feed_pipeline.run(body, arm, call.deadline, call.request_id, trending)
+        pipeline, deadline, rid = self.feed_pipeline, call.deadline, call.request_id
+        if body.history:
+            # the request's own history drives recall, and the stored state adds only
+            # seen items, which ranking needs: the state read overlaps recall
+            state_read = asyncio.ensure_future(self._with_state(body, call))
+            try:
+                recalled = await pipeline.recall(body, deadline, rid)
+            except BaseException:
+                state_read.cancel()
+                raise
+            body, history_source, state = await state_read
+        else:
+            body, history_source, state = await self._with_state(body, call)
+            recalled = await pipeline.recall(body, deadline, rid)
+        result = await pipeline.rank(recalled, body, arm, deadline, rid, trending)
         return FeedAnswer(
             items=[FeedItemOut(item_id=i, score=s, source=src) for i, s, src in result.items],
             model_version=result.model_version,

@@ -137,6 +137,18 @@ class FeedAssets:
 
 
 @dataclass(frozen=True)
+class Recalled:
+    """What recall found for one request: the models' user inputs, and the embedding
+    with the recalled items and scores, best first (no embedding: nothing recalled)."""
+
+    ctx: np.ndarray
+    history: np.ndarray
+    vec: np.ndarray | None = None
+    ids: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    scores: np.ndarray = field(default_factory=lambda: np.empty(0, np.float32))
+
+
+@dataclass(frozen=True)
 class FeedResult:
     items: list[tuple[int, float, str]]
     model_version: str
@@ -339,27 +351,36 @@ class FeedPipeline:
         )
         return np.stack([heads[h].reshape(-1)[:n] for h in HEADS], 1), served
 
-    async def run(
+    async def recall(self, body: FeedBody, deadline: float, request_id: str) -> Recalled:
+        """The first half of a feed: the body's inputs checked, the user's embedding and
+        recalled items (none for a user the models know nothing of)."""
+        user, ctx, history = self._inputs(body)
+        if user is None and not history.any():
+            return Recalled(ctx, history)
+        vec, ids, scores = await self._recall(ctx, history, deadline, request_id)
+        return Recalled(ctx, history, vec, ids, scores)
+
+    async def rank(
         self,
+        recalled: Recalled,
         body: FeedBody,
         arm: Arm,
         deadline: float,
         request_id: str,
         trending: Trending | None = None,
     ) -> FeedResult:
-        user, ctx, history = self._inputs(body)
-        vec, recalled, recall_scores = None, np.empty(0, np.int64), np.empty(0, np.float32)
-        if user is not None or history.any():
-            vec, recalled, recall_scores = await self._recall(ctx, history, deadline, request_id)
-        ids, origin = self._candidates(vec, recalled, recall_scores, body.seen, trending)
+        """The second half: candidates (recalled, the pool, ``body.seen`` dropped), one
+        ranker call, the page."""
+        r = recalled
+        ids, origin = self._candidates(r.vec, r.ids, r.scores, body.seen, trending)
         if not len(ids):
             return FeedResult([], "")
         ranker = arm.ranker_model or self.settings.ranker_model
         heads, version = await self._rank(
             ranker,
             arm.ranker_version or self.settings.ranker_version,
-            ctx,
-            history,
+            r.ctx,
+            r.history,
             ids,
             deadline,
             request_id,
@@ -372,3 +393,14 @@ class FeedPipeline:
             top = _keep_slots(top, scores, origin == TRENDING, body.count, trending.slots)
         items = [(int(ids[p]), float(scores[p]), SOURCES[origin[p]]) for p in top]
         return FeedResult(items, f"{ranker}:{version}")
+
+    async def run(
+        self,
+        body: FeedBody,
+        arm: Arm,
+        deadline: float,
+        request_id: str,
+        trending: Trending | None = None,
+    ) -> FeedResult:
+        recalled = await self.recall(body, deadline, request_id)
+        return await self.rank(recalled, body, arm, deadline, request_id, trending)

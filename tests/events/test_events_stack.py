@@ -88,6 +88,11 @@ def test_posted_events_shape_the_next_feed(gateway, processor, store):
     assert sent["history_source"] == "request"
     assert items(after) == items(sent)
     assert len(items(after)) == 20
+    # a client sending only its history: the stored seen items still apply (the
+    # gateway reads them while recall runs, docs/events.md)
+    own = feed(gateway, user, history=finished)
+    assert (own["history_source"], own["state"]) == ("request", "ok")
+    assert items(own) == items(after)
 
 
 def test_a_burst_of_likes_puts_a_new_item_in_the_cold_start_pool(gateway, processor):
