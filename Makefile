@@ -8,7 +8,7 @@ REPO ?= var/model-repository
 PYTEST_ARGS ?=
 PODS ?= 1
 
-.PHONY: prometheus bench-memory bench-overload bench-feed bench-effects bench-events bench-mesh install run test test-stress lint protos bench-pod bench-gateway bench-peers triton-venv clean
+.PHONY: prometheus triton-optional bench-memory bench-overload bench-feed bench-effects bench-events bench-mesh install run test test-stress lint protos bench-pod bench-gateway bench-peers triton-venv clean
 
 $(STAMP): pyproject.toml setup.py $(wildcard protos/*/*/*.proto protos/*/*.proto)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,8 +42,14 @@ prometheus:
 	  && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null) \
 	  || echo "prometheus not installed: the Prometheus tests (tests/autoscale, tests/k8s) will skip"; }
 
+# NVIDIA Triton for its tests (tests/gateway/test_triton_pool.py, tests/loadtest); best
+# effort: without it (no registry) those tests skip and say why
+triton-optional:
+	@$(MAKE) --no-print-directory triton-venv >/dev/null 2>&1 \
+	  || echo "Triton venv not installed: the Triton tests will skip"
+
 # pytest exits 5 when a selection holds no tests: that is not a failure here.
-test: $(STAMP) prometheus
+test: $(STAMP) prometheus triton-optional
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests were selected"; exit 0; fi; exit $$rc
 

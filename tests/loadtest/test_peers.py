@@ -69,7 +69,9 @@ def test_naive_torch_server_matches_onnx_runtime(quick_repo):
 
 @pytest.mark.integration
 @pytest.mark.slow
-@pytest.mark.skipif(not TRITON_VENV.is_dir(), reason="no .venv-triton (make triton-venv)")
+@pytest.mark.skipif(
+    not (TRITON_VENV / ".installed").exists(), reason="no .venv-triton (make triton-venv)"
+)
 def test_triton_serves_the_models_like_onnx_runtime(quick_repo, tmp_path):
     models = ["feed_ranker", "effects_cartoon"]
     repo = triton.model_repository(quick_repo, models, tmp_path / "models")
