@@ -407,6 +407,7 @@ def test_every_documented_metric_is_exposed_with_its_labels(make_gateway, script
         gate.wait_calls(base + 1)
         shed = post_effect(shed_gw, image)
         assert shed.status_code == 429 and int(shed.headers["Retry-After"]) >= 1
+        assert shed.headers["Tenfold-Error-Code"] == "RESOURCE_EXHAUSTED"
         gate.open()
         assert held.result(timeout=120).status_code == 200
     # a failed inference on a pod: an unknown input

@@ -558,6 +558,8 @@ def test_odd_user_ids_are_new_users_and_count_must_be_a_number(gateway):
         assert all(item["source"] == "cold_start" for item in answer.json()["items"])
     answer = feed(gateway, {"user_id": 5, "count": True})
     assert answer.status_code == 400 and "count" in answer.text
+    # docs/gateway.md: an error answer names its gRPC status code in a header
+    assert answer.headers["Tenfold-Error-Code"] == "INVALID_ARGUMENT"
 
 
 def test_the_concurrency_minimum_counts_the_ready_endpoints_behind_the_route(make_gateway, pods):

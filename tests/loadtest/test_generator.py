@@ -169,7 +169,6 @@ def test_intervals_merge_exactly_through_the_wire():
 
 
 @pytest.mark.integration
-@pytest.mark.integration
 def test_nice_applies_to_the_generator_processes_only():
     # loadtest/runner.py RunPlan.nice: the worker processes run at that niceness (so the
     # servers they share a machine with keep the CPU first); this process does not
@@ -207,6 +206,7 @@ def test_nice_out_of_range_is_refused():
             RunPlan(Target.parse("http://127.0.0.1:1"), ScenarioSpec("feed"), (1.0,), 1.0, nice=bad)
 
 
+@pytest.mark.integration
 def test_processes_merge_into_one_report():
     with SlowServer(service_s=0.001) as server:
         plan = RunPlan(Target.parse(server.url), ScenarioSpec("feed"), (60.0,), 2.0, processes=3)
