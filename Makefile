@@ -103,7 +103,7 @@ bench-mesh: $(STAMP) $(REPO)/.optimized
 TRITON_VENV ?= .venv-triton
 $(TRITON_VENV)/.installed:
 	@test -x $(TRITON_VENV)/bin/python || $(PYTHON) -m venv $(TRITON_VENV)
-	$(TRITON_VENV)/bin/pip install --quiet 'nvidia-pytriton>=0.7' 'numpy<2' onnxruntime
+	$(TRITON_VENV)/bin/pip install --quiet --timeout 60 --retries 2 'nvidia-pytriton>=0.7' 'numpy<2' onnxruntime
 	@touch $@
 
 triton-venv: $(TRITON_VENV)/.installed

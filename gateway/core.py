@@ -84,6 +84,12 @@ class CoreDeps:
     wall_clock: Callable[[], float] = time.time
 
 
+def _retrieved(task: asyncio.Future) -> None:
+    """A done callback: the task's outcome is taken (no "exception was never retrieved")."""
+    if not task.cancelled():
+        task.exception()
+
+
 class GatewayCore:
     def __init__(self, deps: CoreDeps) -> None:
         self.settings = deps.settings
@@ -244,14 +250,15 @@ class GatewayCore:
         if self.events is not None:
             trending = Trending(self.events.trending, self.settings.events.trending_slots)
         pipeline, deadline, rid = self.feed_pipeline, call.deadline, call.request_id
-        if body.history:
+        if body.history and self.events is not None:
             # the request's own history drives recall, and the stored state adds only
             # seen items, which ranking needs: the state read overlaps recall
             state_read = asyncio.ensure_future(self._with_state(body, call))
             try:
                 recalled = await pipeline.recall(body, deadline, rid)
             except BaseException:
-                state_read.cancel()
+                state_read.cancel()  # recall's error is the answer; the read's, if any,
+                state_read.add_done_callback(_retrieved)  # is collected, not logged
                 raise
             body, history_source, state = await state_read
         else:

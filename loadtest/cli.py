@@ -33,7 +33,8 @@ app.add_typer(bench, name="bench")
 Repository = Annotated[Path, typer.Option(help="model repository with the default models")]
 DEFAULT_REPOSITORY = Path("var/model-repository")
 NICE_HELP = (
-    "niceness (0-19) of the generator's worker processes: on a machine shared with the "
+    "niceness (0-19; never below this process's own) of the generator's worker processes: "
+    "on a machine shared with the "
     "servers under test, they keep the CPU first (latency still counts from each "
     "request's scheduled start)"
 )

@@ -73,6 +73,7 @@ def build(plan: RunPlan, steps: list[StepResult], label: str | None = None) -> d
             "timeout_s": plan.timeout_s,
             "p99_budget_ms": plan.p99_budget_ms,
             "max_error_rate": plan.max_error_rate,
+            "generator_nice": plan.nice,
         },
         "machine": {
             "host": socket.gethostname(),

@@ -43,10 +43,10 @@ class RunPlan:
     max_outstanding: int = 10_000
     p99_budget_ms: float | None = None
     max_error_rate: float = 0.01
-    #: niceness of the worker processes (0-19): on a machine the generator shares with
-    #: the servers under test, they then keep the CPU first. Latency counts from each
-    #: request's scheduled start, so a generator that falls behind counts against the
-    #: server, never for it (``start_lag`` shows it)
+    #: niceness of the worker processes (0-19; never below the parent's): on a machine
+    #: the generator shares with the servers under test, they then keep the CPU first.
+    #: Latency counts from each request's scheduled start, so a generator that falls
+    #: behind counts against the server, never for it (``start_lag`` shows it)
     nice: int = 0
 
     def __post_init__(self) -> None:
@@ -112,8 +112,9 @@ def _worker(index: int, plan: RunPlan, commands, results) -> None:
     import uvloop
 
     try:
-        if plan.nice:
-            os.nice(plan.nice)
+        if plan.nice:  # at least that niceness (never raised back over the parent's)
+            own = os.getpriority(os.PRIO_PROCESS, 0)
+            os.setpriority(os.PRIO_PROCESS, 0, max(own, plan.nice))
         uvloop.run(_serve_steps(index, plan, commands, results))
     except BaseException:
         results.put(("error", index, traceback.format_exc(limit=3)))

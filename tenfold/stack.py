@@ -161,7 +161,11 @@ class Stack:
             config["feed_pool"], config["effects_pool"] = "feed", "effects"
         # behind Envoy the gateway's ports are private: any free ones, but several
         # workers share fixed ports (SO_REUSEPORT), so those are chosen here
-        ports = {"port": free_port(), "grpc_port": free_port()} if o.workers > 1 else {}
+        ports = {}
+        if o.workers > 1:
+            ports["port"] = ports["grpc_port"] = free_port()
+            while ports["grpc_port"] == ports["port"]:
+                ports["grpc_port"] = free_port()
         self.gateway = start_gateway(config, **ports)
         say(self.gateway.new_output(), end="")
         if self.scaled is not None:

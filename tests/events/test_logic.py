@@ -7,10 +7,14 @@ import asyncio
 import numpy as np
 import pytest
 
+from gateway.auth import ANONYMOUS
+from gateway.core import Call, CoreDeps, GatewayCore
 from gateway.events.schema import EventLimits, EventsBody, check_batch
+from gateway.events.store import UserState
 from gateway.experiments import CONTROL
 from gateway.feed import FeedAssets, FeedBody, FeedPipeline, Trending
-from gateway.settings import FeedSettings
+from gateway.metrics import GatewayMetrics
+from gateway.settings import FeedSettings, GatewaySettings
 from inference.protocol.errors import InvalidInput
 
 NOW = 1_800_000_000.0
@@ -121,3 +125,87 @@ def test_slots_never_make_the_page_longer_than_asked():
         (3, "trending"),
         (2, "trending"),
     ]
+
+
+# --- the user-state read overlaps recall (gateway/core.py) ------------------------------
+
+
+class Tower:
+    """A ModelClient for the user-tower path: says when recall has begun, and fails it
+    with ``fail`` (if set); the row ranker scores by id as ``ScoresById``."""
+
+    def __init__(self, fail: Exception | None = None) -> None:
+        self.recall_began = asyncio.Event()
+        self.fail = fail
+
+    async def infer(self, model, inputs, deadline, version="", request_id=""):
+        if model == "feed_user_tower":
+            self.recall_began.set()
+            await asyncio.sleep(0)
+            if self.fail is not None:
+                raise self.fail
+            return {"embedding": np.ones((1, 4), np.float32)}, "1"
+        return await ScoresById().infer(model, inputs, deadline, version, request_id)
+
+
+class StoredState:
+    """An event store whose read of a user's state waits for ``gate`` (at most
+    ``patience_s``), then answers ``seen``; it records a cancelled read."""
+
+    def __init__(self, gate: asyncio.Event, seen: list[int], patience_s: float = 2.0) -> None:
+        self.trending = np.empty(0, np.int64)
+        self.gate, self.seen, self.patience_s = gate, seen, patience_s
+        self.cancelled = False
+
+    async def user_state(self, user: str, timeout_s: float) -> UserState:
+        try:
+            await asyncio.wait_for(self.gate.wait(), self.patience_s)
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+        return UserState([], self.seen)
+
+
+def core_with(models, store) -> GatewayCore:
+    assets = FeedAssets(
+        embeddings=np.eye(ITEMS, 4, dtype=np.float32),
+        pool=np.arange(10, 30, dtype=np.int64),
+        creators=np.arange(ITEMS, dtype=np.int64),
+        users=5,
+        history=4,
+    )
+    feed = FeedSettings(recall_model="", ranker_model="feed_ranker", rank_candidates=0)
+    settings = GatewaySettings(feed=feed)
+    pipeline = FeedPipeline(settings.feed, assets, models)
+    return GatewayCore(CoreDeps(settings, None, pipeline, None, GatewayMetrics(), store))
+
+
+def feed_call(core: GatewayCore) -> Call:
+    return Call("feed", core.clock() + 5, ANONYMOUS, "r1")
+
+
+async def test_with_a_history_sent_the_state_read_runs_while_recall_does():
+    # the read waits for recall to begin: read first, then recall (the order before
+    # this change) would time out instead of answering
+    models = Tower()
+    store = StoredState(models.recall_began, seen=[39, 38], patience_s=0.5)
+    core = core_with(models, store)
+    body = FeedBody(user_id=3, count=5, history=[1, 2])
+    answer = await core.feed(body, feed_call(core))
+    items = [i.item_id for i in answer.items]
+    assert (answer.history_source, answer.state) == ("request", "ok")
+    assert len(items) == 5 and not {38, 39} & set(items)  # the stored seen items apply
+    assert items == [37, 36, 35, 34, 33]  # the ranker's best by id, the seen ones dropped
+
+
+async def test_a_failed_recall_is_the_answer_and_the_pending_read_is_cancelled():
+    models = Tower(fail=InvalidInput("history: no such items"))
+    store = StoredState(asyncio.Event(), seen=[39])  # never answers
+    core = core_with(models, store)
+    with pytest.raises(InvalidInput, match="no such items"):
+        await core.feed(FeedBody(user_id=3, count=5, history=[1]), feed_call(core))
+    for _ in range(20):  # the cancellation is delivered over the next loop passes
+        if store.cancelled:
+            break
+        await asyncio.sleep(0)
+    assert store.cancelled
