@@ -45,12 +45,13 @@ prometheus:
 # NVIDIA Triton for its tests (tests/gateway/test_triton_pool.py, tests/loadtest); best
 # effort: without it (no registry) those tests skip and say why
 triton-optional:
-	@$(MAKE) --no-print-directory triton-venv >/dev/null 2>&1 \
-	  || echo "Triton venv not installed: the Triton tests will skip"
+	@out=$$($(MAKE) --no-print-directory triton-venv 2>&1) || { \
+	  echo "Triton venv not installed: the Triton tests will skip; make triton-venv said:"; \
+	  echo "$$out" | tail -5; }
 
 # pytest exits 5 when a selection holds no tests: that is not a failure here.
 test: $(STAMP) prometheus triton-optional
-	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	TENFOLD_TRITON_VENV=$(abspath $(TRITON_VENV)) $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests were selected"; exit 0; fi; exit $$rc
 
 # the tests marked `timing`, STRESS_RUNS times in a row with one core kept busy

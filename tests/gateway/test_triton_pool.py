@@ -7,6 +7,7 @@ The gateway's answers must be those it gives over a tenfold pod."""
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -20,14 +21,16 @@ from loadtest.peers import triton
 from tests.gateway.conftest import jpeg
 
 ROOT = Path(__file__).resolve().parents[2]
-TRITON_VENV = ROOT / ".venv-triton"
+#: the Triton venv (make triton-venv; `make test` passes its TRITON_VENV here)
+TRITON_VENV = Path(os.environ.get("TENFOLD_TRITON_VENV", ROOT / ".venv-triton"))
 MODELS = ["feed_recall", "feed_list_ranker", "effects_cartoon"]
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.slow,
     pytest.mark.skipif(
-        not (TRITON_VENV / ".installed").exists(), reason="no .venv-triton (make triton-venv)"
+        not (TRITON_VENV / ".installed").exists(),
+        reason=f"no Triton venv at {TRITON_VENV} (make triton-venv)",
     ),
 ]
 

@@ -3,6 +3,7 @@ is configured like the pod (instances, threads, dynamic batching)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,8 @@ from loadtest.peers import triton
 from tests.models import scale, write_model
 
 ROOT = Path(__file__).resolve().parents[2]
-TRITON_VENV = ROOT / ".venv-triton"
+#: the Triton venv (make triton-venv; `make test` passes its TRITON_VENV here)
+TRITON_VENV = Path(os.environ.get("TENFOLD_TRITON_VENV", ROOT / ".venv-triton"))
 
 
 #: a model configured with everything Triton must mirror: instances, threads, batching
@@ -70,7 +72,8 @@ def test_naive_torch_server_matches_onnx_runtime(quick_repo):
 @pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.skipif(
-    not (TRITON_VENV / ".installed").exists(), reason="no .venv-triton (make triton-venv)"
+    not (TRITON_VENV / ".installed").exists(),
+    reason=f"no Triton venv at {TRITON_VENV} (make triton-venv)",
 )
 def test_triton_serves_the_models_like_onnx_runtime(quick_repo, tmp_path):
     models = ["feed_ranker", "effects_cartoon"]
