@@ -42,7 +42,7 @@ from loadtest.bench_peers import ladder, publish, setup
 from loadtest.runner import RunPlan, run
 from loadtest.scenarios import ScenarioSpec
 from loadtest.targets import LoadTestError, Target
-from servicekit.launcher import free_port, launch
+from servicekit.launcher import free_ports, launch
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ def make_run_stack(
 ) -> Iterator[tuple[str, list[int]]]:
     """``tenfold up`` (what ``make run`` runs), on free loopback ports; ``env`` adds to
     its environment (e.g. a gateway setting)."""
-    http, grpc = free_port(), free_port()
+    http, grpc = free_ports(2)
     args = [sys.executable, "-m", "tenfold", "up", "--repository", str(repo)]
     args += ["--port", str(http), "--grpc-port", str(grpc), "--workers", str(workers)]
     proc = subprocess.Popen(

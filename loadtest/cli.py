@@ -34,9 +34,8 @@ Repository = Annotated[Path, typer.Option(help="model repository with the defaul
 DEFAULT_REPOSITORY = Path("var/model-repository")
 NICE_HELP = (
     "niceness (0-19; never below this process's own) of the generator's worker processes: "
-    "on a machine shared with the "
-    "servers under test, they keep the CPU first (latency still counts from each "
-    "request's scheduled start)"
+    "on a machine shared with the servers under test, they keep the CPU first (latency "
+    "still counts from each request's scheduled start)"
 )
 
 LOADTEST_EXTRA = frozenset(

@@ -7,6 +7,7 @@ out), and keeps the child's output line by line for logs and tests.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -161,9 +162,17 @@ class ServiceProcess:
 def free_port() -> int:
     """A loopback port free now, for a child that must be told its port (another
     process may take it before the child binds it: only for loopback tools and tests)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` different loopback ports free now (held open together while chosen, so
+    none repeats); the same caveat as ``free_port``."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
 
 
 def pump_lines(stream, lines: queue.Queue) -> None:

@@ -28,7 +28,7 @@ from gateway.launch import DEFAULT_MODELS, gateway_config, start_gateway
 from inference.launch import start_pod
 from mesh.envoy import EnvoyProcess, start_envoy
 from mesh.launch import put_endpoints, start_control_plane
-from servicekit.launcher import LaunchError, ServiceProcess, free_port
+from servicekit.launcher import LaunchError, ServiceProcess, free_ports
 from servicekit.redis import redis_url, start_redis
 from servicekit.supervisor import RestartBudget
 from tenfold.live import StackView, TrafficWatch
@@ -163,9 +163,7 @@ class Stack:
         # workers share fixed ports (SO_REUSEPORT), so those are chosen here
         ports = {}
         if o.workers > 1:
-            ports["port"] = ports["grpc_port"] = free_port()
-            while ports["grpc_port"] == ports["port"]:
-                ports["grpc_port"] = free_port()
+            ports["port"], ports["grpc_port"] = free_ports(2)
         self.gateway = start_gateway(config, **ports)
         say(self.gateway.new_output(), end="")
         if self.scaled is not None:

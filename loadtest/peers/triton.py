@@ -22,7 +22,7 @@ from google.protobuf import text_format
 from inference.repository.model import THREADS_PARAMETER
 from loadtest.peers import served_model, threads
 from protos.kserve.v2 import model_config_pb2
-from servicekit.launcher import ServiceProcess, free_port, spawn
+from servicekit.launcher import ServiceProcess, free_ports, spawn
 
 HERE = Path(__file__).parent
 
@@ -72,7 +72,7 @@ def start(venv: Path, repository: Path, work: Path) -> ServiceProcess:
         str(site / "nvidia_pytriton.libs"),
         sysconfig.get_config_var("LIBDIR"),
     ]
-    ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
+    ports = dict(zip(("http", "grpc", "metrics"), free_ports(3), strict=True))
     cmd = [
         str(dist / "bin" / "tritonserver"),
         f"--model-repository={repository}",

@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 
 from inference.protocol import errors
-from servicekit.launcher import LaunchError, launch
+from servicekit.launcher import LaunchError, free_ports, launch
 from servicekit.ready import ReadyState, read_ready, write_ready
 from servicekit.settings import SettingsError, load_settings
 from servicekit.supervisor import RestartBudget, Supervisor
@@ -124,3 +124,15 @@ def test_settings_file_problems_name_the_file(tmp_path):
     missing = tmp_path / "nope.yaml"
     with pytest.raises(SettingsError, match=r"cannot read config file .*nope\.yaml"):
         load_settings(InferenceSettings, missing)
+
+
+@pytest.mark.integration
+def test_free_ports_are_different_and_free():
+    # servicekit/launcher.py: held open together while chosen, so none repeats
+    import socket
+
+    ports = free_ports(8)
+    assert len(set(ports)) == 8
+    for port in ports:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
