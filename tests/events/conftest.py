@@ -6,6 +6,7 @@ import redis
 from gateway.events.launch import start_processor
 from gateway.launch import gateway_config, start_gateway
 from inference.launch import start_pod
+from servicekit.launcher import stop_all
 from servicekit.redis import redis_url, start_redis
 
 
@@ -51,8 +52,7 @@ def make_events_gateway(quick_repo, events_pod):
         return gateway
 
     yield make
-    for gateway in started:
-        gateway.stop()
+    stop_all(started)
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +66,4 @@ def processors():
         return child
 
     yield make
-    for child in started:
-        if child.proc.poll() is None:
-            child.stop()
+    stop_all(started)

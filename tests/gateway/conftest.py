@@ -18,6 +18,7 @@ from gateway.launch import gateway_config, start_gateway
 from inference.launch import start_pod
 from protos.kserve.v2 import grpc_service_pb2 as kpb
 from servicekit import kserve_grpc
+from servicekit.launcher import stop_all
 
 
 def jpeg(width: int = 64, height: int = 64) -> bytes:
@@ -44,8 +45,7 @@ def wait_until(condition, what: str, timeout: float = 60.0, every: float = 0.05)
 def pods(quick_repo):
     started = [start_pod(quick_repo), start_pod(quick_repo)]
     yield started
-    for pod in started:
-        pod.stop()
+    stop_all(started)
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +59,7 @@ def make_gateway(quick_repo, pods):
         return gateway
 
     yield make
-    for gateway in started:
-        gateway.stop()
+    stop_all(started)
 
 
 @pytest.fixture(scope="module")

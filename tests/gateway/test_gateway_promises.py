@@ -49,7 +49,7 @@ from protos.kserve.v2 import grpc_service_pb2 as kpb
 from protos.tenfold.v1 import gateway_pb2 as pb
 from protos.tenfold.v1 import gateway_pb2_grpc as pb_grpc
 from servicekit import kserve_grpc
-from servicekit.launcher import free_port
+from servicekit.launcher import free_port, stop_all
 from servicekit.ready import read_ready
 from tests.gateway.conftest import (
     jpeg,
@@ -565,8 +565,7 @@ def test_no_healthy_endpoint_then_back(quick_repo):
         assert stub.GetFeed(pb.FeedRequest(user_id="3", count=2), timeout=30).items
     finally:
         channel.close()
-        gw.stop()
-        pod.stop()
+        stop_all([gw, pod])
 
 
 # --- 7. x-request-id ----------------------------------------------------------------

@@ -36,7 +36,7 @@ from gateway.launch import gateway_config, start_gateway
 from inference.launch import start_pod
 from protos.tenfold.v1 import gateway_pb2 as pb
 from protos.tenfold.v1 import gateway_pb2_grpc as pb_grpc
-from servicekit.launcher import free_port
+from servicekit.launcher import free_port, stop_all
 from tests.gateway.conftest import jpeg, metric_total, pod_metrics, scrape, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -91,9 +91,7 @@ def test_pod_killed_mid_run_loses_no_request(quick_repo):
 
         wait_until(one_ready, "down to 1 ready endpoint", timeout=30)
     finally:
-        gateway.stop()
-        for pod in pods:
-            pod.stop()
+        stop_all([gateway, *pods])
 
 
 async def until_settled(tasks: list[asyncio.Task], held, total: int) -> None:

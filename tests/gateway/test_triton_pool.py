@@ -18,6 +18,7 @@ from PIL import Image
 from gateway.launch import gateway_config, start_gateway
 from inference.launch import start_pod
 from loadtest.peers import triton
+from servicekit.launcher import stop_all
 from tests.gateway.conftest import jpeg
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,8 +65,7 @@ def reference(quick_repo):
         gateway_config(quick_repo, [], pools=pool({"grpc": pod.grpc, "http": pod.http}, "http"))
     )
     yield gateway
-    gateway.stop()
-    pod.stop()
+    stop_all([gateway, pod])
 
 
 def answers(gateway) -> tuple[list, bytes]:

@@ -22,6 +22,7 @@ import yaml
 from gateway.launch import start_gateway
 from inference.launch import start_pod
 from mesh.launch import put_endpoints, start_control_plane
+from servicekit.launcher import stop_all
 from tenfold.scaling import PRODUCT_POOLS
 from tests.gateway.conftest import jpeg, wait_until
 from tests.k8s.manifests import K8S, by_kind, kubectl, render
@@ -161,8 +162,7 @@ def stack(quick_repo):
         started.append(gateway)
         yield plane, pods, gateway
     finally:
-        for process in reversed(started):
-            process.stop()
+        stop_all(reversed(started))
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from inference.launch import start_pod
 from loadtest.cli import app, parse_rates
 from loadtest.shapes import stage_users  # not loadtest.surge: locust would monkey-patch
 from loadtest.targets import LoadTestError
+from servicekit.launcher import stop_all
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,8 +27,7 @@ def stack(quick_repo):
     pod = start_pod(quick_repo)
     gateway = start_gateway(gateway_config(quick_repo, [pod]))
     yield gateway
-    gateway.stop()
-    pod.stop()
+    stop_all([gateway, pod])
 
 
 def invoke(*args: str):

@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 
 from inference.protocol import errors
-from servicekit.launcher import LaunchError, free_ports, launch
+from servicekit.launcher import LaunchError, free_ports, launch, spawn, stop_all
 from servicekit.ready import ReadyState, read_ready, write_ready
 from servicekit.settings import SettingsError, load_settings
 from servicekit.supervisor import RestartBudget, Supervisor
@@ -136,3 +136,38 @@ def test_free_ports_are_different_and_free():
     for port in ports:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", port))
+
+
+# on SIGTERM: mark itself stopping, then exit 0 once its peer is stopping too (3 if the
+# peer never is): stopped one after the other, the first would wait for the second
+PEER = """
+import pathlib, signal, sys, time
+me, peer = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+def stop(*_):
+    me.touch()
+    deadline = time.monotonic() + 20
+    while not peer.exists():
+        if time.monotonic() > deadline:
+            sys.exit(3)
+        time.sleep(0.01)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+print("armed", flush=True)
+while True:
+    time.sleep(1)
+"""
+
+
+@pytest.mark.integration
+def test_stop_all_signals_every_service_before_waiting_for_any(tmp_path):
+    # servicekit/launcher.py stop_all: the drains overlap (tests' teardowns use it)
+    a, b = tmp_path / "a", tmp_path / "b"
+    peers = [
+        spawn([sys.executable, "-c", PEER, str(a), str(b)], "peer a"),
+        spawn([sys.executable, "-c", PEER, str(b), str(a)], "peer b"),
+    ]
+    for peer in peers:
+        assert peer.wait_for("armed", timeout=10)
+    done = spawn([sys.executable, "-c", "pass"], "done")
+    done.proc.wait(10)
+    assert stop_all([*peers, done], timeout=30) == [0, 0, 0]
