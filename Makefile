@@ -100,11 +100,13 @@ bench-mesh: $(STAMP) $(REPO)/.optimized
 	$(TENFOLD) loadtest bench mesh --repository $(REPO) --out docs/results/bench_mesh.json
 
 # NVIDIA Triton (the tritonserver binary in the nvidia-pytriton wheel) for the peer
-# benchmark; its own venv because it pins numpy<2
+# benchmark; its own venv because it pins numpy<2. Its onnxruntime is tenfold's own
+# version (read from .venv), so Triton and the pods run the same kernels
 TRITON_VENV ?= .venv-triton
-$(TRITON_VENV)/.installed:
+$(TRITON_VENV)/.installed: | $(STAMP)
 	@test -x $(TRITON_VENV)/bin/python || $(PYTHON) -m venv $(TRITON_VENV)
-	$(TRITON_VENV)/bin/pip install --quiet --timeout 60 --retries 2 'nvidia-pytriton>=0.7' 'numpy<2' onnxruntime
+	$(TRITON_VENV)/bin/pip install --quiet --timeout 60 --retries 2 'nvidia-pytriton>=0.7' 'numpy<2' \
+	  "onnxruntime==$$($(PY) -c 'import importlib.metadata as m; print(m.version("onnxruntime"))')"
 	@touch $@
 
 triton-venv: $(TRITON_VENV)/.installed
