@@ -17,7 +17,11 @@ The load is ``tenfold loadtest``'s feed scenario (users log-uniform over the cat
 users, 20 items per page, the next page of a session sending what it was shown as
 ``seen``) with ``--history`` items of history per session: one open-loop generator
 process on the same cores. A ladder of rates finds, per server, the highest rate whose
-p99 stays within the budget (100 ms) with under 1 % errors. During every step the CPU
+p99 stays within the budget (100 ms) with under 1 % errors. All servers run at once
+(idle while another is measured) and their ladders go in turns, rung by rung
+(``loadtest.climb.climb_together``): this machine's speed drifts within a run, and
+interleaving shifts every server alike. The limit is measured before and after the
+ladders, and the table gives both. During every step the CPU
 seconds of the server's processes and of the generator are read from /proc (psutil), so
 the table says how the cores were split. The per-stage table is the in-process pipeline
 on one thread, as served and in its day-one form (before issue 13).
@@ -25,6 +29,7 @@ on one thread, as served and in its day-one form (before issue 13).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -39,6 +44,7 @@ import psutil
 import requests
 
 from loadtest.bench_peers import ladder, publish, setup
+from loadtest.climb import climb, climb_together
 from loadtest.runner import RunPlan, run
 from loadtest.scenarios import ScenarioSpec
 from loadtest.targets import LoadTestError, Target
@@ -225,10 +231,9 @@ def measure_rate(
     }
 
 
-def load(address: str, server_pids: list[int], plan, spec: ScenarioSpec, label: str):
-    """Climb ``plan``'s ladder (``ladder()``, ``duration_s``, ``p99_budget_ms``) until a
-    step misses the budget, then ``refine`` rates between the last step kept and the
-    missed one; each step's figures and the CPU of the server and the generator."""
+def rung(address: str, server_pids: list[int], plan, spec: ScenarioSpec, label: str):
+    """``measure(rate)`` for ``climb``: one step of ``plan``'s (``duration_s``,
+    ``p99_budget_ms``, ``generator_nice``) against ``address``, printed as it ends."""
 
     def measure(rate: float) -> dict:
         row = measure_rate(
@@ -248,32 +253,15 @@ def load(address: str, server_pids: list[int], plan, spec: ScenarioSpec, label: 
         )
         return row
 
+    return measure
+
+
+def load(address: str, server_pids: list[int], plan, spec: ScenarioSpec, label: str):
+    """Climb ``plan``'s ladder (``ladder()``) until a step misses the budget, then
+    ``refine`` rates between the last step kept and the missed one; each step's figures
+    and the CPU of the server and the generator."""
+    measure = rung(address, server_pids, plan, spec, label)
     return climb(plan.ladder(), measure, getattr(plan, "refine", 0))
-
-
-def climb(rates, measure, refine: int = 0) -> dict:
-    """The best row of ``measure`` along ``rates`` (stop at the first row that does not
-    meet its budget), then along ``refine`` rates spaced geometrically between that
-    best rate and the one missed (stop at the first miss again): the figure is good to
-    one ladder step / (``refine`` + 1) instead of one step. Rows in ``ladder`` in the
-    order measured; ``best`` the highest rate kept."""
-    steps, best, missed = [], None, None
-    for rate in rates:
-        row = measure(rate)
-        steps.append(row)
-        if not row["meets"]:
-            missed = rate
-            break
-        best = row
-    if best is not None and missed is not None and refine > 0:
-        low = best["rate"]
-        for k in range(1, refine + 1):
-            row = measure(round(low * (missed / low) ** (k / (refine + 1)), 1))
-            steps.append(row)
-            if not row["meets"]:
-                break
-            best = row
-    return {"best": best, "ladder": steps}
 
 
 def limit(repo: Path, seconds: float, history: int, processes: int, form: str) -> dict:
@@ -305,8 +293,8 @@ def measure(plan: FeedBenchPlan) -> dict:
     for form in ("day-one", "served"):
         print(f"in-process pipeline, {form} form (1 process)", file=sys.stderr, flush=True)
         results["stages"][form] = limit(repo, plan.duration_s, plan.history, 1, form)
-    print(f"in-process limit: {cores} processes", file=sys.stderr, flush=True)
-    results["limit"] = limit(repo, plan.duration_s * 2, plan.history, cores, "served")
+    print(f"in-process limit: {cores} processes (before the ladders)", file=sys.stderr)
+    before = limit(repo, plan.duration_s * 2, plan.history, cores, "served")
     servers: dict[str, Callable] = {
         f"tenfold (make run: 1 pod, {plan.gateway_workers} gateway worker)": lambda: make_run_stack(
             repo, plan.gateway_workers
@@ -314,11 +302,23 @@ def measure(plan: FeedBenchPlan) -> dict:
     }
     for threads in plan.torch_threads:
         servers[f"naive PyTorch, {threads} thread(s)"] = lambda t=threads: naive_feed(repo, t)
-    for label, server in servers.items():
-        print(f"{label}: starting", file=sys.stderr, flush=True)
-        with server() as (address, pids):
-            spec = ScenarioSpec("feed", feed_history=plan.history, items=items)
-            results["servers"][label] = load(address, pids, plan, spec, label)
+    spec = ScenarioSpec("feed", feed_history=plan.history, items=items)
+    # every server up at once (an idle one costs ~nothing), their ladders in turns
+    with contextlib.ExitStack() as running:
+        measures = {}
+        for label, server in servers.items():
+            print(f"{label}: starting", file=sys.stderr, flush=True)
+            address, pids = running.enter_context(server())
+            measures[label] = rung(address, pids, plan, spec, label)
+        results["servers"] = climb_together(plan.ladder(), measures, plan.refine)
+    print(f"in-process limit: {cores} processes (after the ladders)", file=sys.stderr)
+    after = limit(repo, plan.duration_s * 2, plan.history, cores, "served")
+    results["limit"] = {
+        "processes": cores,
+        "feeds_per_s": round((before["feeds_per_s"] + after["feeds_per_s"]) / 2, 1),
+        "before": before,
+        "after": after,
+    }
     return results
 
 
@@ -353,6 +353,27 @@ def server_rows(servers: dict) -> list[str]:
     return rows
 
 
+#: the limit before and after the ladders differing by more than this share of their
+#: mean says the machine's speed drifted during the run
+DRIFT = 0.15
+
+
+def limit_drift(lim: dict) -> list[str]:
+    """The line on the limit measured before and after the ladders (none for a result
+    with one measurement, as written before they were two)."""
+    if "before" not in lim:
+        return []
+    a, b = lim["before"]["feeds_per_s"], lim["after"]["feeds_per_s"]
+    line = f"- the limit is the mean of {a:g} feeds/s before the ladders and {b:g} after"
+    drift = abs(a - b) / ((a + b) / 2)
+    if drift > DRIFT:
+        line += (
+            f": they differ by {drift:.0%}, so the machine's speed changed during the run "
+            "and the ratio to the limit is uncertain by as much"
+        )
+    return [line]
+
+
 def table(results: dict, plan: FeedBenchPlan) -> str:
     servers, lim = results["servers"], results["limit"]
     ours_label = next(k for k in servers if k.startswith("tenfold"))
@@ -376,6 +397,7 @@ def table(results: dict, plan: FeedBenchPlan) -> str:
         if best_naive
         else "- naive PyTorch kept no rate in budget",
         f"- tenfold / in-process limit: **{ours / lim['feeds_per_s']:.2f}** (goal 0.80)",
+        *limit_drift(lim),
         "",
         "Per-stage cost of one feed, in process, one thread (ms):\n",
     ]

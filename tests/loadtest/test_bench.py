@@ -112,7 +112,7 @@ def _server(capacity: float):
 
 
 def test_climb_refines_between_the_last_rung_kept_and_the_one_missed():
-    from loadtest.bench_feed import climb
+    from loadtest.climb import climb
 
     measure, asked = _server(150.0)
     result = climb((100.0, 125.0, 156.2, 195.3), measure, refine=3)
@@ -127,7 +127,7 @@ def test_climb_refines_between_the_last_rung_kept_and_the_one_missed():
 
 
 def test_climb_stops_refining_at_the_first_miss_and_handles_no_rate_kept():
-    from loadtest.bench_feed import climb
+    from loadtest.climb import climb
 
     measure, asked = _server(130.0)
     result = climb((100.0, 125.0, 156.2), measure, refine=3)
@@ -138,3 +138,61 @@ def test_climb_stops_refining_at_the_first_miss_and_handles_no_rate_kept():
     assert result["best"] is None and asked == [100.0]
     measure, asked = _server(1e9)  # never misses: nothing to refine
     assert climb((100.0, 125.0), measure, refine=3)["best"]["rate"] == 125.0 and len(asked) == 2
+
+
+def test_climb_together_takes_turns_rung_by_rung_and_each_server_stops_on_its_own():
+    # loadtest/climb.py: the servers' ladders interleave (order rotated each round), so
+    # a machine whose speed drifts during the run shifts them alike
+    from loadtest.climb import climb, climb_together
+
+    order = []
+
+    def server(label: str, capacity: float):
+        measure, asked = _server(capacity)
+
+        def logged(rate: float) -> dict:
+            order.append((label, rate))
+            return measure(rate)
+
+        return logged, asked
+
+    (a, a_asked), (b, b_asked), (c, c_asked) = (
+        server("a", 150.0),
+        server("b", 110.0),
+        server("c", 50.0),
+    )
+    rates = (100.0, 125.0, 156.2, 195.3)
+    result = climb_together(rates, {"a": a, "b": b, "c": c}, refine=1)
+    # each server is asked what it would be asked alone
+    for capacity, asked, label in (
+        (150.0, a_asked, "a"),
+        (110.0, b_asked, "b"),
+        (50.0, c_asked, "c"),
+    ):
+        measure, alone = _server(capacity)
+        assert climb(rates, measure, refine=1) == result[label]
+        assert asked == alone
+    assert result["a"]["best"]["rate"] == 139.7 and result["b"]["best"]["rate"] == 100.0
+    assert result["c"]["best"] is None and list(result) == ["a", "b", "c"]
+    # round 1: a b c; round 2 (c done): b a rotated by one; round 3: a b; round 4: a
+    assert order == [
+        ("a", 100.0), ("b", 100.0), ("c", 100.0),
+        ("b", 125.0), ("a", 125.0),
+        ("a", 156.2), ("b", 111.8),
+        ("a", 139.7),
+    ]  # fmt: skip
+    assert climb_together((), {"a": a}) == {"a": {"best": None, "ladder": []}}
+
+
+def test_the_feed_table_gives_the_limit_before_and_after_and_says_when_it_drifted():
+    from loadtest.bench_feed import limit_drift
+
+    def lim(before: float, after: float) -> dict:
+        return {"before": {"feeds_per_s": before}, "after": {"feeds_per_s": after}}
+
+    (steady,) = limit_drift(lim(1000.0, 1100.0))
+    assert "1000 feeds/s before" in steady and "1100 after" in steady
+    assert "changed" not in steady  # 10 % apart: within DRIFT
+    (drifted,) = limit_drift(lim(1000.0, 1721.4))
+    assert "differ by 53%" in drifted and "uncertain" in drifted
+    assert limit_drift({"processes": 2, "feeds_per_s": 986.0}) == []  # an older result
