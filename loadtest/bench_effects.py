@@ -12,14 +12,16 @@ PyTorch effects server, one run, one machine, the same uploads.
 
 The uploads are the load generator's photos (loadtest/photos/) at ``--upload`` long
 side (640: 640x480 for the landscape photos). A rate ladder per server (p99 budget,
-< 1 % errors, 95 % of the rate kept) for each result size; the CPU of the server's
-processes and of the generator at every rung, as in the feed benchmark. The per-stage
+< 1 % errors, 95 % of the rate kept) for each result size, all servers up at once and
+their ladders in turns, rung by rung, as in the feed benchmark; the CPU of the server's
+processes and of the generator at every rung, likewise. The per-stage
 table (decode, resize, model, encode; before and after issue 14) comes from
 ``python -m tenfold.models.effects_stages``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -29,8 +31,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from loadtest.bench_feed import best_rate, load, make_run_stack, server_header, server_rows
+from loadtest.bench_feed import best_rate, make_run_stack, rung, server_header, server_rows
 from loadtest.bench_peers import ladder, publish, setup
+from loadtest.climb import climb_together
 from loadtest.scenarios import ScenarioSpec
 from loadtest.targets import LoadTestError
 from servicekit.launcher import launch
@@ -50,7 +53,7 @@ class EffectsBenchPlan:
     gateway_workers: int = 1
     #: niceness of the load generator's worker (RunPlan.nice), the same for every server
     generator_nice: int = 0
-    #: rates tried between the last rung kept and the one missed (bench_feed.climb)
+    #: rates tried between the last rung kept and the one missed (loadtest.climb)
     refine: int = 3
 
     def ladder(self) -> tuple[float, ...]:
@@ -88,15 +91,20 @@ def measure(plan: EffectsBenchPlan) -> dict:
     }
     for threads in plan.torch_threads:
         servers[f"naive PyTorch, {threads} thread(s)"] = lambda t=threads: naive_effects(repo, t)
-    for size in plan.sizes:
-        results["sizes"][str(size)] = {}
-    for label, server in servers.items():
-        print(f"{label}: starting", file=sys.stderr, flush=True)
-        with server() as (address, pids):
-            for size in plan.sizes:
-                spec = ScenarioSpec("effects", image_size=size, photo_sizes=(plan.upload,))
-                entry = load(address, pids, plan, spec, f"{label} @{size}")
-                results["sizes"][str(size)][label] = entry
+    # every server up at once (an idle one costs ~nothing), their ladders in turns
+    # (bench_feed's reason: this machine's speed drifts within a run)
+    with contextlib.ExitStack() as running:
+        up = {}
+        for label, server in servers.items():
+            print(f"{label}: starting", file=sys.stderr, flush=True)
+            up[label] = running.enter_context(server())
+        for size in plan.sizes:
+            spec = ScenarioSpec("effects", image_size=size, photo_sizes=(plan.upload,))
+            measures = {
+                label: rung(address, pids, plan, spec, f"{label} @{size}")
+                for label, (address, pids) in up.items()
+            }
+            results["sizes"][str(size)] = climb_together(plan.ladder(), measures, plan.refine)
     return results
 
 
