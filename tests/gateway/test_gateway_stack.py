@@ -349,8 +349,9 @@ def test_deadline_expired_request_is_not_sent(gateway, pods):
 
 @pytest.fixture
 def held_gateway(quick_repo, gate):
-    """The default settings over a closed gate: calls are recorded and never answered."""
-    gw = start_gateway(gateway_config(quick_repo, [gate]))
+    """The default settings over a closed gate: calls are recorded and never answered
+    (but no drain grace: these tests are about deadlines, and their stops add up)."""
+    gw = start_gateway(gateway_config(quick_repo, [gate], drain_grace_s=0))
     yield gw
     gw.stop()
 
