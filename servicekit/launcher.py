@@ -145,13 +145,18 @@ class ServiceProcess:
         return "".join(fresh)
 
     # -- stopping -----------------------------------------------------------------------
+    def terminate(self) -> None:
+        """SIGTERM (the service drains) unless it has exited already; no wait."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+
     def stop(self, timeout: float = 30.0, terminate: bool = True) -> int:
         """SIGTERM (the service drains), wait for the exit; its exit code.
         ``terminate=False`` only waits: for a caller that already sent SIGTERM (a
         second one could reach the service after its drain removed its handlers, and
         kill it)."""
-        if terminate and self.proc.poll() is None:
-            self.proc.terminate()
+        if terminate:
+            self.terminate()
         try:
             return self.proc.wait(timeout)
         finally:
@@ -162,11 +167,11 @@ class ServiceProcess:
 def stop_all(processes, timeout: float = 30.0) -> list[int]:
     """Stop several services at once: SIGTERM to each, then wait for each; their exit
     codes in order. Their drains (grace windows, in-flight) overlap instead of adding
-    up. The caller orders the groups (a gateway's group before its pods' group)."""
+    up. The caller orders the groups (a gateway's group before its pods' group). A
+    timeout raises (``Supervisor.stop`` is the variant that kills and goes on)."""
     processes = list(processes)
     for process in processes:
-        if process.proc.poll() is None:
-            process.proc.terminate()
+        process.terminate()
     deadline = time.monotonic() + timeout
     return [
         process.stop(max(0.0, deadline - time.monotonic()), terminate=False)

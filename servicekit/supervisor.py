@@ -115,8 +115,7 @@ class Supervisor:
     def stop(self) -> list[int]:
         """SIGTERM every worker (each drains); their exit codes."""
         for worker in self.workers:
-            if worker.proc.poll() is None:
-                worker.proc.terminate()
+            worker.terminate()
         codes = []
         for worker in self.workers:
             try:
