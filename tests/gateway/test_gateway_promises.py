@@ -503,7 +503,8 @@ def listening_addresses(pid: int) -> set[str]:
 def test_loopback_only_without_tenants_even_when_asked_for_all(quick_repo, pods):
     # guards docs/gateway.md (Auth): "With no tenants configured the gateway binds only
     # to 127.0.0.1 and says so." (settings.py: host "forced to loopback without keys")
-    gw = start_gateway(gateway_config(quick_repo, pods), "--host", "0.0.0.0")
+    # (stopped here, each without a drain grace: its drain is not what this is about)
+    gw = start_gateway(gateway_config(quick_repo, pods, drain_grace_s=0), "--host", "0.0.0.0")
     try:
         assert listening_addresses(gw.pid) == {"127.0.0.1"}
         assert read_ready(gw.ready_file).host == "127.0.0.1"
@@ -512,7 +513,8 @@ def test_loopback_only_without_tenants_even_when_asked_for_all(quick_repo, pods)
         gw.stop()
     # with API keys it binds what was asked
     tenants = [{"name": "app", "key_sha256": hash_key("k")}]
-    gw = start_gateway(gateway_config(quick_repo, pods, tenants=tenants), "--host", "0.0.0.0")
+    config = gateway_config(quick_repo, pods, tenants=tenants, drain_grace_s=0)
+    gw = start_gateway(config, "--host", "0.0.0.0")
     try:
         assert listening_addresses(gw.pid) <= {"0.0.0.0", "::"}  # every interface
         assert read_ready(gw.ready_file).host == "0.0.0.0"

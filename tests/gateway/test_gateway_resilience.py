@@ -162,6 +162,7 @@ def test_burst_is_shed_with_429_while_admitted_requests_succeed(quick_repo, gate
             queue_timeout_ms=20,
             effects=PATIENT_EFFECTS,
             concurrency={"enabled": False},
+            drain_grace_s=0,  # stopped here; its drain is not what this is about
         )
     )
     try:
@@ -313,6 +314,7 @@ def test_ab_variant_is_served_by_its_ranker_version(two_ranker_versions):
             # the row ranker and gateway-side recall: this repository holds only those
             feed={"ranker_version": "1", "ranker_model": "feed_ranker", "recall_model": ""},
             experiments=[{"name": "ranker_v2", "percent": 50, "ranker_version": "2"}],
+            drain_grace_s=0,  # stopped here; its drain is not what this is about
         )
     )
     try:
@@ -394,7 +396,9 @@ def test_two_workers_both_serve_and_metrics_aggregate(quick_repo, pods):
     # guards docs/gateway.md: "With --workers N a supervisor ... starts N worker processes
     # that share both ports (SO_REUSEPORT) and /metrics aggregates all of them"
     gw = start_gateway(
-        gateway_config(quick_repo, pods, workers=2), port=free_port(), grpc_port=free_port()
+        gateway_config(quick_repo, pods, workers=2, drain_grace_s=0),
+        port=free_port(),
+        grpc_port=free_port(),
     )
     try:
         assert gw.wait_for(r"workers=2", timeout=10)

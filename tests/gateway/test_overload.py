@@ -38,7 +38,9 @@ def heavy_gateway(tmp_path_factory):
     pod = start_pod(repo)
     try:
         pool = {"endpoints": [{"grpc": pod.grpc, "http": pod.http}], "models": ["heavy"]}
-        config = gateway_config(repo, [pod], pools={"default": pool}, feed={"assets_dir": None})
+        config = gateway_config(
+            repo, [pod], pools={"default": pool}, feed={"assets_dir": None}, drain_grace_s=0
+        )
         gateway = start_gateway(config)
         try:
             yield f"http://{gateway.http}/v2/models/heavy/infer"

@@ -91,7 +91,8 @@ def test_a_triton_pool_serves_the_feed_and_effects_as_a_tenfold_pod_does(
     quick_repo, triton_server, reference, transport
 ):
     endpoint = {"grpc": triton_server.grpc, "http": triton_server.http}
-    gateway = start_gateway(gateway_config(quick_repo, [], pools=pool(endpoint, transport)))
+    config = gateway_config(quick_repo, [], pools=pool(endpoint, transport), drain_grace_s=0)
+    gateway = start_gateway(config)
     try:
         pages, painted = answers(gateway)
     finally:
