@@ -83,6 +83,7 @@ def int8(src: Path, dst: Path, ctx: PassContext) -> str:
             f"static QDQ u8 activations / s8 weights, {q.calibration} calibration on "
             f"{len(ctx.judge.calibration())} images, per_channel={q.per_channel}"
         )
+    batched = batched_weight_matmuls(onnx.load(str(pre))) if q.per_channel else []
     quantize_dynamic(
         str(pre),
         str(dst),
@@ -90,8 +91,25 @@ def int8(src: Path, dst: Path, ctx: PassContext) -> str:
         per_channel=q.per_channel,
         reduce_range=q.reduce_range,
         weight_type=QuantType.QInt8,
+        nodes_to_exclude=batched,
     )
-    return f"dynamic s8 weights on MatMul/Gemm, per_channel={q.per_channel}"
+    detail = f"dynamic s8 weights on MatMul/Gemm, per_channel={q.per_channel}"
+    if batched:
+        detail += f"; {len(batched)} batched-weight MatMul(s) left float"
+    return detail
+
+
+def batched_weight_matmuls(model: onnx.ModelProto) -> list[str]:
+    """The MatMul nodes whose weight (an initializer) has more than two dimensions, one
+    matrix per expert or head. The dynamic quantizer gives them per-channel zero points
+    that ONNX Runtime's MatMulInteger refuses at run time ("B zero point is not
+    valid"), so per-channel int8 leaves them float."""
+    ranks = {init.name: len(init.dims) for init in model.graph.initializer}
+    return [
+        node.name
+        for node in model.graph.node
+        if node.op_type == "MatMul" and node.name and ranks.get(node.input[1], 0) > 2
+    ]
 
 
 #: the op types static int8 quantises (convolutions and matrix products)
