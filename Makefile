@@ -8,7 +8,7 @@ REPO ?= var/model-repository
 PYTEST_ARGS ?=
 PODS ?= 1
 
-.PHONY: prometheus triton-optional bench-memory bench-overload bench-feed bench-effects bench-events bench-mesh install run test test-stress lint protos bench-pod bench-gateway bench-peers triton-venv clean
+.PHONY: test-unit prometheus triton-optional bench-memory bench-overload bench-feed bench-effects bench-events bench-mesh install run test test-stress lint protos bench-pod bench-gateway bench-peers triton-venv clean
 
 $(STAMP): pyproject.toml setup.py $(wildcard protos/*/*/*.proto protos/*/*.proto)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,11 @@ triton-optional:
 test: $(STAMP) prometheus triton-optional
 	TENFOLD_TRITON_VENV=$(abspath $(TRITON_VENV)) $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests were selected"; exit 0; fi; exit $$rc
+
+# the unit tests alone (they start nothing: docs/testing.md), without the Prometheus and
+# Triton installs that only integration tests need
+test-unit: $(STAMP)
+	$(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
 
 # the tests marked `timing`, STRESS_RUNS times in a row with one core kept busy
 # (docs/testing.md): they must not depend on wall-clock luck
