@@ -1,7 +1,7 @@
 """Shared fixtures and two rules of the suite.
 
 - A test that starts a server, binds a socket or spawns a process is marked
-  ``integration``: ``make test PYTEST_ARGS="-m 'not integration'"`` runs no server
+  ``integration``: ``make test-unit`` (``-m 'not integration'``) runs no server
   (README). The rule is enforced, not hoped for: tests/plugins/unit_guard.py fails
   any unmarked test that binds a socket or starts a process.
 - The quick build of the default models (~35 s, torch extra) is made once, before the

@@ -1,6 +1,6 @@
 """The suite's own rules, checked so that they cannot rot silently:
 
-- README: ``make test PYTEST_ARGS="-m 'not integration'"`` runs unit tests only, i.e.
+- README: ``make test-unit`` (``-m 'not integration'``) runs unit tests only, i.e.
   no server; tests/plugins/unit_guard.py fails an unmarked test that binds a socket or
   starts a process (shown here on throw-away test files run by a child pytest);
 - every extra the Makefile installs for the tests is really installed, at a version the
