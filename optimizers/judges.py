@@ -1,6 +1,7 @@
 """Parity judges: run a candidate model on held-out data and compare it with the fp32
 reference on what matters for that kind of model (AUC and ranking for the ranker,
-recall for the user tower, PSNR for images); a raw output difference otherwise.
+recall for the user tower and the recall model, PSNR for images); a raw output
+difference otherwise.
 
 The data come from ``<model>/validation.npz`` written by ``tenfold models build``
 (format in docs/models.md); a model without it gets the generic judge on seeded
@@ -170,6 +171,46 @@ class TowerJudge(Judge):
         return Verdict(figures, fails)
 
 
+class RecallJudge(Judge):
+    """A recall model (user inputs -> embedding, recalled item ids best first, their
+    scores), judged as the user tower is: recall@100 of its first 100 recalled ids
+    against each held-out user's true top 100. The ids are compared as sets, never
+    numerically: a pass may swap near-ties, and the difference of two item ids is a
+    distance between items, not an error."""
+
+    kind = "recall"
+
+    def _ids(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
+        ids = [v for v in outputs.values() if np.issubdtype(v.dtype, np.integer)]
+        if len(ids) != 1:
+            raise OptimizeError(
+                f"model '{self.spec.name}': a recall model has one integer output (the "
+                f"recalled ids); this one has {len(ids)}"
+            )
+        return ids[0]
+
+    def evaluate(self, run: Runner) -> Evaluation:
+        outputs = _run_chunked(run, self.inputs())
+        truth = self.data["truth"]
+        k = truth.shape[1]
+        recalled = self._ids(outputs)[:, :k]
+        hits = [len(np.intersect1d(t, r)) / k for t, r in zip(truth, recalled, strict=True)]
+        return Evaluation(outputs, {"recall_at_100": float(np.mean(hits))})
+
+    def verdict(self, reference: Evaluation, candidate: Evaluation) -> Verdict:
+        before, after = self._ids(reference.outputs), self._ids(candidate.outputs)
+        pairs = zip(before, after, strict=True)
+        overlap = float(np.mean([np.intersect1d(a, b).size / a.size for a, b in pairs]))
+        floats = {k: v for k, v in reference.outputs.items() if v is not before}
+        diff = _max_abs(floats, candidate.outputs) if floats else 0.0
+        drop = reference.figures["recall_at_100"] - candidate.figures["recall_at_100"]
+        limit = self.parity.tower_max_recall_drop
+        fails = (f"recall@100 dropped by {drop:.4f} > {limit:g}",) if drop > limit else ()
+        figures = {"max_abs_diff": diff, "recalled_ids_overlap": overlap}
+        figures |= {"recall_at_100_change": -drop} | candidate.figures
+        return Verdict(figures, fails)
+
+
 class ImageJudge(Judge):
     """Images stored as uint8 in the model's own layout (``validation.npz``): a uint8
     model takes them as they are, a float one as 0..1; outputs are compared in 0..1
@@ -251,6 +292,7 @@ def judge_for(directory: Path, spec: ModelSpec, parity: ParitySettings, calibrat
     needed = {
         "ranker": [t.name for t in spec.inputs] + ["topk_user_ctx", "topk_history", "topk_items"],
         "tower": [t.name for t in spec.inputs] + ["truth"],
+        "recall": [t.name for t in spec.inputs] + ["truth"],
         "image": ["calibration", "held_out"],
     }.get(kind, [t.name for t in spec.inputs])
     missing = [k for k in needed if k not in data]
@@ -259,6 +301,8 @@ def judge_for(directory: Path, spec: ModelSpec, parity: ParitySettings, calibrat
     try:
         if kind == "ranker":
             return RankerJudge(spec, data, parity)
+        if kind == "recall":
+            return RecallJudge(spec, data, parity)
         if kind == "tower":
             items = np.load(directory / "item_embeddings.npy")
             return TowerJudge(spec, data, parity, items)

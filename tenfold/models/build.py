@@ -263,8 +263,8 @@ def build(out: Path, quick: bool = False, seed: int = 7, console=None) -> Built:
         validation.write_ranker(out / "feed_ranker", data, seed)
         validation.write_tower(out / "feed_user_tower", data)
         validation.write_image(effects_dir, seed, photos)
-        for name in ("feed_recall", "feed_list_ranker"):
-            validation.write_inputs(out / name, held_out[name])
+        validation.write_recall(out / "feed_recall", data)
+        validation.write_inputs(out / "feed_list_ranker", held_out["feed_list_ranker"])
         for name, module in modules.items():
             validation.save_module(module, out / name)
         validation.save_module(day_one, effects_dir, "day_one.pt")

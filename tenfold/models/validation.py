@@ -4,18 +4,20 @@ preferences, photos), so a pass can be judged on quality, not only on raw output
 
 ``<model>/validation.npz`` (numpy ``savez_compressed``; formats in docs/models.md):
 
-- ``kind``: "ranker", "tower", "image" or "generic" (0-d string array)
+- ``kind``: "ranker", "tower", "recall", "image" or "generic" (0-d string array)
 - ranker: ``user_ctx``, ``history``, ``item`` (held-out impressions, model inputs),
   ``label_<head>`` FP32 0/1 per head; ``topk_user_ctx`` [U,4], ``topk_history`` [U,20],
   ``topk_items`` [U,C] (candidate item ids + 1 per user, for top-10 agreement)
 - tower: ``user_ctx``, ``history`` [U,...] and ``truth`` [U,100] (each user's true top
   items, ids into ``item_embeddings.npy``)
+- recall: the same arrays as the tower's, for the recall model (``feed_recall``), which
+  is judged on the recall@100 of the ids it returns
 - image: ``calibration`` and ``held_out`` UINT8 in the model's input layout, here
   [N,256,256,3] (training-distribution images for static quantisation; photos never
   trained on, for parity); a float model gets them as 0..1
 - generic: the model's held-out inputs by input name; a pass is judged by the largest
-  difference of any output (the serving forms ``feed_recall`` and ``feed_list_ranker``,
-  whose ranking quality is their source models')
+  difference of any output (the serving form ``feed_list_ranker``, whose ranking
+  quality is its source model's)
 
 ``<model>/pytorch/model.pt``: the trained module (``torch.save``), the PyTorch eager
 baseline of the optimizer's report.
@@ -74,6 +76,11 @@ def write_inputs(model_dir: Path, inputs: dict[str, np.ndarray], rows: int = 256
 def write_tower(model_dir: Path, data: feed.FeedData) -> None:
     inputs, truth = feed.recall_probe(data)
     _save(model_dir, "tower", {**inputs, "truth": truth.astype(np.int64)})
+
+
+def write_recall(model_dir: Path, data: feed.FeedData) -> None:
+    inputs, truth = feed.recall_probe(data)
+    _save(model_dir, "recall", {**inputs, "truth": truth.astype(np.int64)})
 
 
 def write_image(model_dir: Path, seed: int, held_out: dict[str, np.ndarray]) -> None:

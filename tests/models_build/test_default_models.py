@@ -169,7 +169,12 @@ def test_assets_have_the_documented_format(built):
     assert pool.dtype == np.int64 and len(pool) == len(set(pool)) == 500
     assert pool.min() >= 0 and pool.max() < items
     # validation data for the optimizers (docs/models.md)
-    kinds = {"feed_ranker": "ranker", "feed_user_tower": "tower", "effects_cartoon": "image"}
+    kinds = {
+        "feed_ranker": "ranker",
+        "feed_user_tower": "tower",
+        "feed_recall": "recall",
+        "effects_cartoon": "image",
+    }
     for model, kind in kinds.items():
         with np.load(out / model / "validation.npz") as v:
             assert str(v["kind"]) == kind
@@ -178,7 +183,7 @@ def test_assets_have_the_documented_format(built):
                 assert v["item"].shape == (len(v["user_ctx"]), 1)
                 assert set(np.unique(v["label_p_like"])) <= {0.0, 1.0}
                 assert v["topk_items"].min() >= 1 and v["topk_items"].max() <= items
-            elif kind == "tower":
+            elif kind in ("tower", "recall"):
                 assert v["truth"].shape == (len(v["user_ctx"]), 100)
             else:
                 assert v["held_out"].dtype == np.uint8 and v["held_out"].shape[1:] == (256, 256, 3)

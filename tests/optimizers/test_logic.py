@@ -11,7 +11,7 @@ import pytest
 from inference.repository.errors import RepositoryError
 from inference.repository.loader import load_model
 from inference.runtime.onnx_model import SessionSettings
-from optimizers.judges import Evaluation, ImageJudge, RankerJudge, TowerJudge
+from optimizers.judges import Evaluation, ImageJudge, Judge, RankerJudge, RecallJudge, TowerJudge
 from optimizers.pipeline import speed_failures
 from optimizers.quality import auc
 from optimizers.settings import OptimizeSettings, ParitySettings
@@ -70,6 +70,43 @@ def test_tower_verdict_on_recall_drop():
     assert judge.verdict(ref, Evaluation(out, {"recall_at_100": 0.295})).ok
     failed = judge.verdict(ref, Evaluation(out, {"recall_at_100": 0.28}))
     assert failed.failures == ("recall@100 dropped by 0.0200 > 0.01",)
+
+
+def _recall_spec():
+    tensor = type("T", (), {"name": "user_ctx", "datatype": "INT64"})
+    return type("S", (), {"name": "feed_recall", "inputs": (tensor(),)})()
+
+
+def test_recall_judge_scores_the_recalled_ids_against_the_truth():
+    # optimizers/judges.py: recall@100 of the first k recalled ids (k = the truth's width)
+    truth = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])
+    data = {"user_ctx": np.zeros((2, 4), np.int64), "truth": truth}
+    judge = RecallJudge(_recall_spec(), data, ParitySettings())
+
+    def run(feeds):
+        ids = np.array([[4, 9, 1, 2, 3], [0, 10, 11, 12, 5]])  # hits 3 of 4, then 0 of 4
+        return {"embedding": np.ones((2, 3), np.float32), "recall_ids": ids}
+
+    got = judge.evaluate(run)
+    assert got.figures == {"recall_at_100": pytest.approx((3 / 4 + 0 / 4) / 2)}
+
+
+def test_recall_verdict_compares_ids_as_sets_not_numbers():
+    judge = RecallJudge(_recall_spec(), {}, ParitySettings(tower_max_recall_drop=0.01))
+    scores = np.array([[0.9, 0.8, 0.8]], np.float32)
+    ref = Evaluation({"ids": np.array([[7, 90000, 3]]), "s": scores}, {"recall_at_100": 0.3})
+    # a near-tie swapped: the same set, the same recall; only the order moved
+    swapped = {"ids": np.array([[7, 3, 90000]]), "s": scores + 1e-4}
+    verdict = judge.verdict(ref, Evaluation(swapped, {"recall_at_100": 0.3}))
+    assert verdict.ok
+    assert verdict.figures["recalled_ids_overlap"] == 1.0
+    assert verdict.figures["max_abs_diff"] == pytest.approx(1e-4, abs=1e-6)
+    # (the generic judge reads the ids' difference as an error of 89,997)
+    assert not Judge(None, {}, ParitySettings()).verdict(ref, Evaluation(swapped)).ok
+    lost = {"ids": np.array([[7, 5, 6]]), "s": scores}
+    failed = judge.verdict(ref, Evaluation(lost, {"recall_at_100": 0.28}))
+    assert failed.failures == ("recall@100 dropped by 0.0200 > 0.01",)
+    assert failed.figures["recalled_ids_overlap"] == pytest.approx(1 / 3)
 
 
 def test_image_verdict_is_psnr_of_the_worst_image():
