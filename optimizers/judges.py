@@ -146,32 +146,49 @@ class RankerJudge(Judge):
         return Verdict(figures, tuple(fails))
 
 
-class TowerJudge(Judge):
+class _TrueTopJudge(Judge):
+    """A model judged by the recall@100 of what it retrieves for held-out users against
+    each one's true top 100 (``truth``): the user tower and the recall model."""
+
+    def retrieved(self, outputs: dict[str, np.ndarray], k: int) -> np.ndarray:
+        """Each user's ``k`` retrieved item ids, from the model's ``outputs``."""
+        raise NotImplementedError
+
+    def evaluate(self, run: Runner) -> Evaluation:
+        outputs = _run_chunked(run, self.inputs())
+        truth = self.data["truth"]
+        k = truth.shape[1]
+        retrieved = self.retrieved(outputs, k)
+        hits = [len(np.intersect1d(t, r)) / k for t, r in zip(truth, retrieved, strict=True)]
+        return Evaluation(outputs, {"recall_at_100": float(np.mean(hits))})
+
+    def _recall_verdict(
+        self, reference: Evaluation, candidate: Evaluation, figures: dict[str, float]
+    ) -> Verdict:
+        """``figures`` with the recall@100 change; failed when the drop passes the limit."""
+        drop = reference.figures["recall_at_100"] - candidate.figures["recall_at_100"]
+        limit = self.parity.tower_max_recall_drop
+        fails = (f"recall@100 dropped by {drop:.4f} > {limit:g}",) if drop > limit else ()
+        return Verdict(figures | {"recall_at_100_change": -drop} | candidate.figures, fails)
+
+
+class TowerJudge(_TrueTopJudge):
     kind = "tower"
 
     def __init__(self, spec, data, parity, item_embeddings: np.ndarray):
         super().__init__(spec, data, parity)
         self.items = item_embeddings
 
-    def evaluate(self, run: Runner) -> Evaluation:
-        outputs = _run_chunked(run, self.inputs())
+    def retrieved(self, outputs: dict[str, np.ndarray], k: int) -> np.ndarray:
         vecs = next(iter(outputs.values()))
-        truth = self.data["truth"]
-        k = truth.shape[1]
-        retrieved = np.argpartition(-(vecs @ self.items.T), k, axis=1)[:, :k]
-        hits = [len(np.intersect1d(t, r)) / k for t, r in zip(truth, retrieved, strict=True)]
-        return Evaluation(outputs, {"recall_at_100": float(np.mean(hits))})
+        return np.argpartition(-(vecs @ self.items.T), k, axis=1)[:, :k]
 
     def verdict(self, reference: Evaluation, candidate: Evaluation) -> Verdict:
         diff = _max_abs(reference.outputs, candidate.outputs)
-        drop = reference.figures["recall_at_100"] - candidate.figures["recall_at_100"]
-        limit = self.parity.tower_max_recall_drop
-        fails = (f"recall@100 dropped by {drop:.4f} > {limit:g}",) if drop > limit else ()
-        figures = {"max_abs_diff": diff, "recall_at_100_change": -drop} | candidate.figures
-        return Verdict(figures, fails)
+        return self._recall_verdict(reference, candidate, {"max_abs_diff": diff})
 
 
-class RecallJudge(Judge):
+class RecallJudge(_TrueTopJudge):
     """A recall model (user inputs -> embedding, recalled item ids best first, their
     scores), judged as the user tower is: recall@100 of its first 100 recalled ids
     against each held-out user's true top 100. The ids are compared as sets, never
@@ -189,13 +206,8 @@ class RecallJudge(Judge):
             )
         return ids[0]
 
-    def evaluate(self, run: Runner) -> Evaluation:
-        outputs = _run_chunked(run, self.inputs())
-        truth = self.data["truth"]
-        k = truth.shape[1]
-        recalled = self._ids(outputs)[:, :k]
-        hits = [len(np.intersect1d(t, r)) / k for t, r in zip(truth, recalled, strict=True)]
-        return Evaluation(outputs, {"recall_at_100": float(np.mean(hits))})
+    def retrieved(self, outputs: dict[str, np.ndarray], k: int) -> np.ndarray:
+        return self._ids(outputs)[:, :k]
 
     def verdict(self, reference: Evaluation, candidate: Evaluation) -> Verdict:
         before, after = self._ids(reference.outputs), self._ids(candidate.outputs)
@@ -203,12 +215,8 @@ class RecallJudge(Judge):
         overlap = float(np.mean([np.intersect1d(a, b).size / a.size for a, b in pairs]))
         floats = {k: v for k, v in reference.outputs.items() if v is not before}
         diff = _max_abs(floats, candidate.outputs) if floats else 0.0
-        drop = reference.figures["recall_at_100"] - candidate.figures["recall_at_100"]
-        limit = self.parity.tower_max_recall_drop
-        fails = (f"recall@100 dropped by {drop:.4f} > {limit:g}",) if drop > limit else ()
         figures = {"max_abs_diff": diff, "recalled_ids_overlap": overlap}
-        figures |= {"recall_at_100_change": -drop} | candidate.figures
-        return Verdict(figures, fails)
+        return self._recall_verdict(reference, candidate, figures)
 
 
 class ImageJudge(Judge):
