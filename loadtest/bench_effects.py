@@ -31,7 +31,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from loadtest.bench_feed import best_rate, make_run_stack, rung, server_header, server_rows
+from loadtest.bench_feed import (
+    best_rate,
+    make_run_stack,
+    rung,
+    server_header,
+    server_rows,
+    start_all,
+)
 from loadtest.bench_peers import ladder, publish, setup
 from loadtest.climb import climb_together
 from loadtest.scenarios import ScenarioSpec
@@ -91,13 +98,9 @@ def measure(plan: EffectsBenchPlan) -> dict:
     }
     for threads in plan.torch_threads:
         servers[f"naive PyTorch, {threads} thread(s)"] = lambda t=threads: naive_effects(repo, t)
-    # every server up at once (an idle one costs ~nothing), their ladders in turns
-    # (bench_feed's reason: this machine's speed drifts within a run)
+    # their ladders in turns (bench_feed's reason: this machine's speed drifts in a run)
     with contextlib.ExitStack() as running:
-        up = {}
-        for label, server in servers.items():
-            print(f"{label}: starting", file=sys.stderr, flush=True)
-            up[label] = running.enter_context(server())
+        up = start_all(running, servers)
         for size in plan.sizes:
             spec = ScenarioSpec("effects", image_size=size, photo_sizes=(plan.upload,))
             measures = {

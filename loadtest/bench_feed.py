@@ -256,6 +256,19 @@ def rung(address: str, server_pids: list[int], plan, spec: ScenarioSpec, label: 
     return measure
 
 
+def start_all(
+    running: contextlib.ExitStack, servers: dict[str, Callable]
+) -> dict[str, tuple[str, list[int]]]:
+    """Start every server (label -> a context manager yielding ``(address, pids)``)
+    inside ``running``: all are up at once, so their ladders can take turns (an idle one
+    costs ~nothing), and all stop when it closes. Their ``(address, pids)`` by label."""
+    up = {}
+    for label, server in servers.items():
+        print(f"{label}: starting", file=sys.stderr, flush=True)
+        up[label] = running.enter_context(server())
+    return up
+
+
 def load(address: str, server_pids: list[int], plan, spec: ScenarioSpec, label: str):
     """Climb ``plan``'s ladder (``ladder()``) until a step misses the budget, then
     ``refine`` rates between the last step kept and the missed one; each step's figures
@@ -303,13 +316,11 @@ def measure(plan: FeedBenchPlan) -> dict:
     for threads in plan.torch_threads:
         servers[f"naive PyTorch, {threads} thread(s)"] = lambda t=threads: naive_feed(repo, t)
     spec = ScenarioSpec("feed", feed_history=plan.history, items=items)
-    # every server up at once (an idle one costs ~nothing), their ladders in turns
     with contextlib.ExitStack() as running:
-        measures = {}
-        for label, server in servers.items():
-            print(f"{label}: starting", file=sys.stderr, flush=True)
-            address, pids = running.enter_context(server())
-            measures[label] = rung(address, pids, plan, spec, label)
+        measures = {
+            label: rung(address, pids, plan, spec, label)
+            for label, (address, pids) in start_all(running, servers).items()
+        }
         results["servers"] = climb_together(plan.ladder(), measures, plan.refine)
     print(f"in-process limit: {cores} processes (after the ladders)", file=sys.stderr)
     after = limit(repo, plan.duration_s * 2, plan.history, cores, "served")
