@@ -177,13 +177,17 @@ def _top_diverse(
     ids: np.ndarray, scores: np.ndarray, creators: np.ndarray, count: int, per_creator: int
 ) -> list[int]:
     """Positions of the best ``count`` items, at most ``per_creator`` per creator."""
+    order = np.argsort(-scores, kind="stable")
+    if per_creator >= count:  # the cap cannot bind on a page of ``count``
+        return order[:count].tolist()
     taken: list[int] = []
     per: dict[int, int] = {}
-    for pos in np.argsort(-scores, kind="stable"):
-        creator = int(creators[ids[pos]])
-        if per.get(creator, 0) < per_creator:
-            per[creator] = per.get(creator, 0) + 1
-            taken.append(int(pos))
+    # plain ints: one numpy scalar per candidate cost more than the whole sort
+    for pos, creator in zip(order.tolist(), creators[ids[order]].tolist(), strict=True):
+        had = per.get(creator, 0)
+        if had < per_creator:
+            per[creator] = had + 1
+            taken.append(pos)
             if len(taken) == count:
                 break
     return taken
@@ -194,12 +198,13 @@ def _keep_slots(
 ) -> list[int]:
     """``top`` with at least ``slots`` positions where ``wanted`` (the best-scored of
     them), taking the places of the lowest-scored others; best first."""
-    have = sum(1 for p in top if wanted[p])
-    if have >= slots:
+    have = int(np.count_nonzero(wanted[top]))
+    want = np.flatnonzero(wanted)
+    if have >= slots or len(want) <= have:  # enough of them, or none left to add
         return top
     taken = set(top)
-    extra = [int(p) for p in np.argsort(-scores, kind="stable") if wanted[p] and p not in taken]
-    extra = extra[: max(0, min(slots, count) - have)]
+    best_first = want[np.argsort(-scores[want], kind="stable")].tolist()
+    extra = [p for p in best_first if p not in taken][: max(0, min(slots, count) - have)]
     if not extra:
         return top
     keep = list(top)
@@ -329,7 +334,7 @@ class FeedPipeline:
             kept = np.flatnonzero(origin == TRENDING)
             kept = kept[: TRENDING_RANKED_PER_SLOT * (trending.slots if trending else 0)]
             best = np.argpartition(-pre, s.rank_candidates - 1)[: s.rank_candidates]
-            best = np.union1d(best, kept)
+            best = np.union1d(best, kept) if len(kept) else np.sort(best)
             ids, origin = ids[best], origin[best]
         return ids, origin
 
@@ -391,7 +396,8 @@ class FeedPipeline:
         )
         if trending is not None and trending.slots:
             top = _keep_slots(top, scores, origin == TRENDING, body.count, trending.slots)
-        items = [(int(ids[p]), float(scores[p]), SOURCES[origin[p]]) for p in top]
+        picked = zip(ids[top].tolist(), scores[top].tolist(), origin[top].tolist(), strict=True)
+        items = [(item, score, SOURCES[code]) for item, score, code in picked]
         return FeedResult(items, f"{ranker}:{version}")
 
     async def run(

@@ -79,22 +79,41 @@ class ScoresById:
         return heads, "1"
 
 
-def pipeline() -> FeedPipeline:
+def pipeline(creators=None, per_creator: int = 2) -> FeedPipeline:
     assets = FeedAssets(
         embeddings=np.eye(ITEMS, 4, dtype=np.float32),
         pool=np.arange(10, 30, dtype=np.int64),  # the build's pool: items 10..29
-        creators=np.arange(ITEMS, dtype=np.int64),  # one creator per item
+        # one creator per item unless told
+        creators=np.arange(ITEMS, dtype=np.int64) if creators is None else creators,
         users=5,
         history=4,
     )
-    settings = FeedSettings(recall_model="", ranker_model="feed_ranker", rank_candidates=0)
+    settings = FeedSettings(
+        recall_model="",
+        ranker_model="feed_ranker",
+        rank_candidates=0,
+        max_per_creator=per_creator,
+    )
     return FeedPipeline(settings, assets, ScoresById())
 
 
-def page(trending: Trending | None, count: int = 5, seen=()) -> list[tuple[int, str]]:
+def page(trending: Trending | None, count: int = 5, seen=(), **shape) -> list[tuple[int, str]]:
     feed = FeedBody(user_id="new-user", count=count, seen=list(seen))
-    result = asyncio.run(pipeline().run(feed, CONTROL, float("inf"), "", trending))
+    result = asyncio.run(pipeline(**shape).run(feed, CONTROL, float("inf"), "", trending))
     return [(item, source) for item, _, source in result.items]
+
+
+def test_at_most_max_per_creator_items_of_one_creator_best_first():
+    # creators own ten consecutive ids (20..29 one, 10..19 another): two of each
+    creators = np.arange(ITEMS, dtype=np.int64) // 10
+    got = [item for item, _ in page(None, count=4, creators=creators, per_creator=2)]
+    assert got == [29, 28, 19, 18]
+    # a cap as large as the page cannot bind: the best five whoever made them
+    got = [item for item, _ in page(None, count=5, creators=creators, per_creator=5)]
+    assert got == [29, 28, 27, 26, 25]
+    # fewer items than asked once the cap is spent: two per creator of the pool's two
+    got = [item for item, _ in page(None, count=6, creators=creators, per_creator=2)]
+    assert got == [29, 28, 19, 18]
 
 
 def test_without_trending_a_new_user_gets_the_build_pool_ranked():
