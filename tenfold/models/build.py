@@ -261,9 +261,10 @@ def build(out: Path, quick: bool = False, seed: int = 7, console=None) -> Built:
         # the served feed, end to end in process (tenfold/models/feed_quality.py)
         report["served_feed"] = feed_quality.feed_report(out, data, n_users=300)
         validation.write_ranker(out / "feed_ranker", data, seed)
-        validation.write_tower(out / "feed_user_tower", data)
+        probe = feed.recall_probe(data)  # a sort over every item per user: made once
+        validation.write_true_top(out / "feed_user_tower", "tower", probe)
         validation.write_image(effects_dir, seed, photos)
-        validation.write_recall(out / "feed_recall", data)
+        validation.write_true_top(out / "feed_recall", "recall", probe)
         validation.write_inputs(out / "feed_list_ranker", held_out["feed_list_ranker"])
         for name, module in modules.items():
             validation.save_module(module, out / name)

@@ -73,14 +73,13 @@ def write_inputs(model_dir: Path, inputs: dict[str, np.ndarray], rows: int = 256
     _save(model_dir, "generic", {k: np.ascontiguousarray(v[:rows]) for k, v in inputs.items()})
 
 
-def write_tower(model_dir: Path, data: feed.FeedData) -> None:
-    inputs, truth = feed.recall_probe(data)
-    _save(model_dir, "tower", {**inputs, "truth": truth.astype(np.int64)})
-
-
-def write_recall(model_dir: Path, data: feed.FeedData) -> None:
-    inputs, truth = feed.recall_probe(data)
-    _save(model_dir, "recall", {**inputs, "truth": truth.astype(np.int64)})
+def write_true_top(
+    model_dir: Path, kind: str, probe: tuple[dict[str, np.ndarray], np.ndarray]
+) -> None:
+    """``probe`` (``feed.recall_probe``: held-out users' inputs and true top items) as
+    ``kind`` "tower" or "recall" data; one probe serves both models."""
+    inputs, truth = probe
+    _save(model_dir, kind, {**inputs, "truth": truth.astype(np.int64)})
 
 
 def write_image(model_dir: Path, seed: int, held_out: dict[str, np.ndarray]) -> None:
